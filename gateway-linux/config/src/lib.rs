@@ -1,0 +1,1 @@
+//! Istio YAML and settings parsing (in progress).

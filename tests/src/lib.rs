@@ -1,0 +1,1 @@
+//! Helpers for meshgate end-to-end tests (in progress).
