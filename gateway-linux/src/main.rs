@@ -1,1 +1,5 @@
+//! meshgate: the Linux mutual-TLS ingress gateway binary.
+
+mod dataplane;
+
 fn main() {}
