@@ -1,1 +1,27 @@
-//! Certificate authority and state store (in progress).
+//! meshgate's certificate authority and state store.
+//!
+//! - [`store`]: the [`Store`] interface (named records + audit log) and the
+//!   crash-safe [`FileStore`] in the data directory.
+//! - [`ca`]: the [`CertificateAuthority`] — generated or plugged-in CA
+//!   material, SPIFFE issuance from CSRs or for in-memory keys, root
+//!   roll-over building blocks, revocation, and the `ca show` summary.
+//! - [`cacerts`]: loading and checking an Istio `cacerts` directory.
+//! - [`revocation`]: the revocation list (pure data).
+//! - [`x509`]: serial numbers, fingerprints and PEM helpers.
+//!
+//! Nothing in this crate reads the clock: operations take `now`, so tests
+//! drive them with a virtual clock.
+
+pub mod ca;
+pub mod cacerts;
+pub mod revocation;
+pub mod store;
+pub mod x509;
+
+pub use ca::{
+    CaConfig, CaError, CaSource, CaSummary, CertificateAuthority, DropStatus, IssuedCertificate,
+    IssuedEntry, LeafKey, RootSummary,
+};
+pub use revocation::{Revocation, RevocationList, RevocationTarget};
+pub use store::{AuditEntry, Change, FileStore, OpenReport, RecordKey, Store, StoreError};
+pub use x509::Serial;
