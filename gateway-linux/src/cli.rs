@@ -1,0 +1,443 @@
+//! The command line: every subcommand, its flags and its `--help` text.
+//!
+//! Parsing only; the work is done by [`crate::serve`] (the gateway itself)
+//! and [`crate::commands`] (the client commands that talk to a running
+//! gateway's admin API, or to the CA in a data directory).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where state lives when neither `--data-dir` nor `MESHGATE_DATA_DIR` says
+/// otherwise: a folder next to where the command runs, so that `meshgate
+/// serve` and a later `meshgate apply` in the same shell find the same
+/// admin token without any flag.
+pub(crate) const DEFAULT_DATA_DIR: &str = "meshgate-data";
+
+/// The admin API a client command talks to by default.
+pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:15000";
+
+/// meshgate: a mutual-TLS gateway that enforces Istio PeerAuthentication and
+/// AuthorizationPolicy in front of services and brings legacy clients into
+/// the mesh.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshgate",
+    version,
+    about,
+    long_about = "meshgate: a mutual-TLS gateway that enforces Istio PeerAuthentication \
+                  and AuthorizationPolicy in front of services, issues short-lived SPIFFE \
+                  certificates from its own CA, and brings legacy plaintext clients into \
+                  the mesh.\n\n\
+                  Start the gateway with `meshgate serve` (no arguments needed), then \
+                  manage it from another shell with `meshgate apply`, `get`, `check`, \
+                  `cert` and `ca`.",
+    after_help = "Examples:\n  meshgate serve\n  meshgate apply -f mutual-tls.yaml\n  \
+                  meshgate check details.bookinfo.svc.cluster.local --port 9080\n  \
+                  meshgate cert issue --spiffe-id spiffe://cluster.local/ns/legacy/sa/client --out ./certs"
+)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the gateway: data-plane listeners, the admin API and the CA.
+    #[command(
+        long_about = "Run the gateway: data-plane listeners, the admin API, and the \
+                            built-in CA that issues the gateway's own identity.\n\n\
+                            With no arguments it runs on an embedded default configuration: \
+                            everything bound to 127.0.0.1, the admin API on 127.0.0.1:15000, \
+                            state in ./meshgate-data. On first start it prints a new admin \
+                            token once; the data directory keeps only its hash, plus a copy \
+                            readable only by the owner (admin-token, mode 0600) so that client \
+                            commands on this host work without flags.\n\n\
+                            Policy files named in the settings are watched and reloaded within \
+                            a second; SIGHUP reloads at once. An invalid change is rejected \
+                            whole and the previous configuration keeps serving. SIGTERM or \
+                            Ctrl-C stops accepting, lets in-flight requests finish (up to \
+                            --drain-timeout) and exits 0."
+    )]
+    Serve(ServeArgs),
+
+    /// Create or update policies from Istio YAML on a running gateway.
+    #[command(
+        long_about = "Create or update PeerAuthentication and AuthorizationPolicy \
+                            resources on a running gateway from Istio YAML (one or more \
+                            documents separated by ---). The whole file is validated first; \
+                            if any document is invalid nothing is applied and the error names \
+                            the file, document, line and field. Applied policies are stored in \
+                            the gateway's data directory and survive restarts."
+    )]
+    Apply(ApplyArgs),
+
+    /// Delete the policies named in an Istio YAML file from a running gateway.
+    #[command(
+        long_about = "Delete the policies named (kind, namespace, name) in an Istio YAML \
+                            file from a running gateway. Only policies applied through the API \
+                            can be deleted this way; policies from the gateway's own policy \
+                            files are changed by editing those files."
+    )]
+    Delete(DeleteArgs),
+
+    /// List policies or services of a running gateway.
+    #[command(
+        long_about = "List resources of a running gateway: PeerAuthentication or \
+                            AuthorizationPolicy resources (as a table, or as YAML with -o yaml), \
+                            or the services behind the gateway with each port's effective mTLS \
+                            mode."
+    )]
+    Get(GetArgs),
+
+    /// Show a service's effective mTLS mode per port and the policies that made it.
+    #[command(
+        long_about = "Show a service's effective mTLS mode for each port and the \
+                            policies that decided it (mesh-wide, namespace-wide, workload, \
+                            port-level), like `istioctl x describe`, plus the \
+                            AuthorizationPolicies that apply to its workload. SERVICE is a host \
+                            such as details.bookinfo.svc.cluster.local."
+    )]
+    Check(CheckArgs),
+
+    /// Certificates for hosts outside the mesh.
+    #[command(subcommand)]
+    Cert(CertCommand),
+
+    /// Inspect and operate the gateway's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `meshgate serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Settings file (YAML). Without it the embedded default settings are used.
+    #[arg(long, short = 'c', env = "MESHGATE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Directory for the CA, applied policies and the admin token hash
+    /// (created with mode 0700 if missing).
+    #[arg(long, env = "MESHGATE_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub(crate) data_dir: PathBuf,
+
+    /// Admin API address, overriding the settings (port 0 picks a free port;
+    /// the address is printed at start).
+    #[arg(long, env = "MESHGATE_ADMIN_ADDR", value_name = "ADDR")]
+    pub(crate) admin_addr: Option<SocketAddr>,
+
+    /// Replace the settings' data-plane listener addresses: NAME=ADDR binds
+    /// the listener called NAME to ADDR (repeatable; port 0 picks a free
+    /// port). Meant for tests and for running several gateways on one host.
+    #[arg(
+        long = "listen",
+        env = "MESHGATE_LISTEN",
+        value_name = "NAME=ADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<ListenOverride>,
+
+    /// How long in-flight requests may run after SIGTERM before the gateway
+    /// exits anyway, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) drain_timeout: u64,
+}
+
+/// `--listen NAME=ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListenOverride {
+    /// Listener name in the settings.
+    pub(crate) name: String,
+    /// Address to bind instead.
+    pub(crate) addr: SocketAddr,
+}
+
+impl core::str::FromStr for ListenOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))?;
+        if name.is_empty() {
+            return Err(format!("missing listener name in {s:?}"));
+        }
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("bad address {addr:?} for listener {name:?}: {e}"))?;
+        Ok(ListenOverride {
+            name: name.to_owned(),
+            addr,
+        })
+    }
+}
+
+/// How a client command reaches a running gateway.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct AdminArgs {
+    /// Admin API of the running gateway.
+    #[arg(long, env = "MESHGATE_ADMIN", value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+    pub(crate) admin: String,
+
+    /// Admin token. Without it, the gateway data directory's admin-token
+    /// file is read.
+    #[arg(
+        long,
+        env = "MESHGATE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+
+    /// The gateway's data directory, where the admin-token file is looked up.
+    #[arg(long, env = "MESHGATE_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub(crate) data_dir: PathBuf,
+}
+
+/// `meshgate apply`.
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// Istio YAML file to apply, or `-` for standard input.
+    #[arg(long = "filename", short = 'f', value_name = "FILE|-")]
+    pub(crate) file: PathBuf,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `meshgate delete`.
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// Istio YAML file naming the resources to delete, or `-` for standard input.
+    #[arg(long = "filename", short = 'f', value_name = "FILE|-")]
+    pub(crate) file: PathBuf,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// What `meshgate get` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GetKind {
+    /// PeerAuthentication resources.
+    #[value(alias = "peerauthentications", alias = "pa")]
+    Peerauthentication,
+    /// AuthorizationPolicy resources.
+    #[value(alias = "authorizationpolicies", alias = "ap")]
+    Authorizationpolicy,
+    /// Services behind the gateway, with each port's effective mode.
+    #[value(alias = "service", alias = "svc")]
+    Services,
+}
+
+/// Output format of `meshgate get`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// A human-readable table.
+    #[default]
+    Table,
+    /// Istio YAML (policies only).
+    Yaml,
+    /// The admin API's JSON.
+    Json,
+}
+
+/// `meshgate get`.
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// Kind of resource to list.
+    pub(crate) kind: GetKind,
+
+    /// Only this namespace.
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub(crate) namespace: Option<String>,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub(crate) output: OutputFormat,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `meshgate check`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Service host, e.g. details.bookinfo.svc.cluster.local.
+    pub(crate) service: String,
+
+    /// Only this service port.
+    #[arg(long, short = 'p', value_name = "PORT")]
+    pub(crate) port: Option<u16>,
+
+    /// Print the admin API's JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `meshgate cert ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Issue a certificate for a host outside the mesh (key, cert, chain, root).
+    #[command(
+        long_about = "Issue a short-lived SPIFFE certificate for a legacy Linux host and \
+                            write it into DIR (on this machine, not the gateway's data \
+                            directory): key.pem (mode 0600, generated here), cert.pem, \
+                            chain.pem (cert + intermediates) and ca.pem (the mesh roots). Use \
+                            them with curl: curl --cert chain.pem --key key.pem --cacert ca.pem. \
+                            The key is generated here and never leaves this machine: the \
+                            running gateway signs a certificate request through the admin API."
+    )]
+    Issue(CertIssueArgs),
+}
+
+/// `meshgate cert issue`.
+#[derive(Debug, Args)]
+pub(crate) struct CertIssueArgs {
+    /// Identity to put in the certificate, e.g.
+    /// spiffe://cluster.local/ns/legacy/sa/client.
+    #[arg(long, value_name = "ID")]
+    pub(crate) spiffe_id: String,
+
+    /// Directory to write key.pem, cert.pem, chain.pem and ca.pem into.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+
+    /// Certificate lifetime, e.g. 24h, 30m, 90s, 7d (60 s to 90 days).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) ttl: core::time::Duration,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `meshgate ca ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// Print the CA's roots (SHA-256 fingerprints, expiry) and issuance counts.
+    Show(CaShowArgs),
+    /// Roll the CA over to a new root without breaking existing clients.
+    #[command(
+        long_about = "Roll the CA over to a new root: trust old and new roots together, \
+                            switch signing to the new root's intermediate, re-issue the \
+                            gateway's identity, and drop the old root once nothing it signed is \
+                            still valid (or at once with --force)."
+    )]
+    RotateRoot(CaRotateArgs),
+}
+
+/// `meshgate ca show`.
+#[derive(Debug, Args)]
+pub(crate) struct CaShowArgs {
+    /// Print the admin API's JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `meshgate ca rotate-root`.
+#[derive(Debug, Args)]
+pub(crate) struct CaRotateArgs {
+    /// Drop the old root at once, even if certificates it signed are still valid.
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` (or a bare number of seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<core::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 30m, 24h or 7d, got {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .map(core::time::Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(core::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("30m"),
+            Ok(core::time::Duration::from_secs(1800))
+        );
+        assert_eq!(
+            parse_duration("24h"),
+            Ok(core::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_duration("2d"),
+            Ok(core::time::Duration::from_secs(172_800))
+        );
+        assert_eq!(
+            parse_duration("60"),
+            Ok(core::time::Duration::from_secs(60))
+        );
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn listen_overrides_parse() {
+        let o: ListenOverride = "http=127.0.0.1:0".parse().expect("valid");
+        assert_eq!(o.name, "http");
+        assert_eq!(o.addr.port(), 0);
+        assert!("127.0.0.1:0".parse::<ListenOverride>().is_err());
+        assert!("=127.0.0.1:0".parse::<ListenOverride>().is_err());
+        assert!("http=nowhere".parse::<ListenOverride>().is_err());
+    }
+
+    #[test]
+    fn get_accepts_kubectl_style_aliases() {
+        let cli = Cli::try_parse_from(["meshgate", "get", "pa"]).expect("parses");
+        match cli.command {
+            Command::Get(g) => assert_eq!(g.kind, GetKind::Peerauthentication),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Every command and subcommand has useful `--help` text.
+
+mod admin_support;
+
+use std::process::Command;
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(admin_support::bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run meshgate --help");
+    assert!(out.status.success(), "{args:?} --help failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn top_level_help_lists_every_command() {
+    let text = help(&[]);
+    for cmd in ["serve", "apply", "delete", "get", "check", "cert", "ca"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "`{cmd}` missing from --help:\n{text}"
+        );
+    }
+    assert!(text.contains("Examples:"), "{text}");
+}
+
+#[test]
+fn each_subcommand_explains_itself() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["serve"],
+            &[
+                "--config",
+                "--data-dir",
+                "--admin-addr",
+                "SIGHUP",
+                "admin token",
+            ],
+        ),
+        (&["apply"], &["-f", "line", "survive restarts"]),
+        (&["delete"], &["-f"]),
+        (
+            &["get"],
+            &[
+                "peerauthentication",
+                "authorizationpolicy",
+                "services",
+                "--output",
+            ],
+        ),
+        (&["check"], &["--port", "effective", "istioctl x describe"]),
+        (
+            &["cert", "issue"],
+            &["--spiffe-id", "--out", "--ttl", "key.pem"],
+        ),
+        (&["ca", "show"], &["--admin"]),
+        (&["ca", "rotate-root"], &["--force", "old and new roots"]),
+    ];
+    for (args, needles) in cases {
+        let text = help(args);
+        for n in *needles {
+            assert!(
+                text.contains(n),
+                "`meshgate {args:?} --help` lacks {n:?}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_command_fails_with_usage() {
+    let out = Command::new(admin_support::bin())
+        .arg("frobnicate")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+}
+
+#[test]
+fn client_command_without_gateway_says_it_is_not_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port();
+    let out = Command::new(admin_support::bin())
+        .args(["get", "services", "--token", "x", "--admin"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("MESHGATE_DATA_DIR", dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the gateway isn't running at http://127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_command_without_token_explains_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(admin_support::bin())
+        .args(["get", "services"])
+        .env("MESHGATE_DATA_DIR", dir.path())
+        .env_remove("MESHGATE_TOKEN")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no admin token") && err.contains("admin-token"),
+        "{err}"
+    );
+}
