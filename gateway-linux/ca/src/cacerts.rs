@@ -1,7 +1,8 @@
 //! Loading a plugged-in CA from an Istio `cacerts` directory.
 //!
 //! The layout is Istio's: `ca-cert.pem` (the signing certificate),
-//! `ca-key.pem` (its private key, PKCS#8), `root-cert.pem` (the root of
+//! `ca-key.pem` (its private key: PKCS#8, PKCS#1 RSA or SEC1 EC),
+//! `root-cert.pem` (the root of
 //! trust) and `cert-chain.pem` (the signing certificate's chain, usually
 //! ending at the root). Everything is checked before it is used, and every
 //! error names the file at fault, because a half-valid CA is worse than
@@ -131,19 +132,109 @@ fn one_cert_in(path: &Path) -> Result<CertificateDer<'static>, CacertsError> {
     Ok(certs.remove(0))
 }
 
-/// Reads the signing key. Only PKCS#8 is accepted (the crypto backend has
-/// no PKCS#1/SEC1 import); other formats get an error saying how to convert.
+/// Reads the signing key: PKCS#8 (`PRIVATE KEY`), PKCS#1 RSA (`RSA
+/// PRIVATE KEY`, what Istio's samples and `openssl genrsa -traditional`
+/// write) or SEC1 EC (`EC PRIVATE KEY`). The crypto backend imports only
+/// PKCS#8, so the other two are wrapped into a PKCS#8 envelope in memory.
 pub(crate) fn load_key(path: &Path) -> Result<KeyPair, CacertsError> {
     let bytes = read(path)?;
     let key = PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| invalid(path, format!("no private key PEM block: {e}")))?;
-    match key {
-        PrivateKeyDer::Pkcs8(k) => KeyPair::try_from(k.secret_pkcs8_der())
-            .map_err(|e| invalid(path, format!("unsupported or invalid key: {e}"))),
-        _ => Err(invalid(
-            path,
-            "key is PKCS#1 or SEC1; convert it with `openssl pkcs8 -topk8 -nocrypt -in ca-key.pem`",
-        )),
+    let pkcs8 = match &key {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(k) => pkcs8_wrap(RSA_ALG_ID, k.secret_pkcs1_der()),
+        PrivateKeyDer::Sec1(k) => {
+            let curve = sec1_curve_oid(k.secret_sec1_der()).ok_or_else(|| {
+                invalid(
+                    path,
+                    "EC key without named-curve parameters; convert it with \
+                     `openssl pkcs8 -topk8 -nocrypt`",
+                )
+            })?;
+            let mut alg = tlv(0x06, EC_PUBLIC_KEY_OID);
+            alg.extend_from_slice(&tlv(0x06, curve));
+            pkcs8_wrap(&tlv(0x30, &alg), k.secret_sec1_der())
+        }
+        _ => return Err(invalid(path, "unsupported private key format")),
+    };
+    KeyPair::try_from(pkcs8.as_slice())
+        .map_err(|e| invalid(path, format!("unsupported or invalid key: {e}")))
+}
+
+/// AlgorithmIdentifier { rsaEncryption, NULL }.
+const RSA_ALG_ID: &[u8] = &[
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+/// OID 1.2.840.10045.2.1 (id-ecPublicKey), contents only.
+const EC_PUBLIC_KEY_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// DER tag-length-value.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }.
+fn pkcs8_wrap(alg_id: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(alg_id);
+    body.extend_from_slice(&tlv(0x04, key));
+    tlv(0x30, &body)
+}
+
+/// Reads one DER element from `input`: (tag, contents, rest). Returns
+/// `None` on anything malformed; never panics on hostile input.
+fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (len_bytes, after) = rest.split_at(n);
+        rest = after;
+        len_bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (content, rest) = rest.split_at(len);
+    Some((tag, content, rest))
+}
+
+/// The named-curve OID (contents) in a SEC1 ECPrivateKey's `[0]`
+/// parameters: SEQUENCE { INTEGER 1, OCTET STRING, [0] { OID }, ... }.
+fn sec1_curve_oid(sec1: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = read_tlv(sec1)? else {
+        return None;
+    };
+    let (0x02, _, rest) = read_tlv(body)? else {
+        return None;
+    };
+    let (0x04, _, rest) = read_tlv(rest)? else {
+        return None;
+    };
+    let (0xa0, params, _) = read_tlv(rest)? else {
+        return None;
+    };
+    match read_tlv(params)? {
+        (0x06, oid, _) => Some(oid),
+        _ => None,
     }
 }
 
@@ -220,4 +311,35 @@ pub fn load_cacerts(dir: &Path, now: UnixTime) -> Result<PluggedCa, CacertsError
         })?;
     }
     Ok(PluggedCa { key, chain, root })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_lengths() {
+        assert_eq!(tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
+        let long = tlv(0x04, &[0u8; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(
+            read_tlv(&long).map(|(t, c, r)| (t, c.len(), r.len())),
+            Some((4, 300, 0))
+        );
+    }
+
+    #[test]
+    fn read_tlv_rejects_malformed_input() {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 1, 2],
+            &[0x30, 0x80],
+            &[0x30, 0x85, 1, 1, 1, 1, 1],
+            &[0x30, 0x82, 0x01],
+        ] {
+            assert_eq!(read_tlv(bad), None, "{bad:?}");
+        }
+        assert_eq!(sec1_curve_oid(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+    }
 }

@@ -806,15 +806,15 @@ fn cacerts_bad_cases_are_refused_naming_the_file() {
         CacertsError::KeyMismatch { .. }
     ));
 
-    // PKCS#1 / SEC1 keys get a conversion hint.
-    let d = fresh("pkcs1");
+    // A PEM block labelled as a key whose content is not one.
+    let d = fresh("bad-pkcs1");
     fs::write(
         d.join(CA_KEY),
         "-----BEGIN RSA PRIVATE KEY-----\nMAA=\n-----END RSA PRIVATE KEY-----\n",
     )
     .expect("write");
     let e = expect_cacerts_err(&data, &d, CA_KEY);
-    assert!(e.to_string().contains("openssl pkcs8"), "{e}");
+    assert!(e.to_string().contains("invalid key"), "{e}");
 
     // Signing certificate that is not a CA.
     let d = fresh("not-ca");
@@ -910,4 +910,25 @@ fn roll_over_from_generated_to_plugged_root() {
         .expect("issued");
     webpki_verify(&issued, core::slice::from_ref(&pki.root), now())
         .expect("chains to the plugged root");
+}
+
+/// A time inside the validity of the openssl-made fixtures (2027-01-15).
+const FIXTURE_NOW: u64 = 1_800_000_000;
+
+#[test]
+fn cacerts_with_pkcs1_rsa_and_sec1_ec_keys_load() {
+    for name in ["cacerts-rsa-pkcs1", "cacerts-ec-sec1"] {
+        let cacerts = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let at = UnixTime::from_secs(FIXTURE_NOW);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = open_plugged(tmp.path(), &cacerts, at).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (issued, _) = ca
+            .issue_with_new_key(&id(WORKLOAD), None, at, "t")
+            .expect("issued");
+        webpki_verify(&issued, &issued.trust_bundle, at)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(issued.chain.len(), 1, "{name}");
+    }
 }
