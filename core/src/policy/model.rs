@@ -3,8 +3,9 @@
 //! These types are the contract between the front-ends (which parse Istio
 //! YAML, Kubernetes objects or admin-API requests into them) and the
 //! evaluator in this crate. They hold exactly what the Istio API says, with
-//! no interpretation: validation lives in [`super::validate`], resolution in
-//! [`super::peer`] and [`super::authz`]. Serde/YAML types never appear here.
+//! no interpretation: validation and compilation live in
+//! `super::compile`, resolution and authorization in [`super::PolicySet`].
+//! Serde/YAML types never appear here.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -46,6 +47,13 @@ pub struct PeerAuthentication {
     pub port_level_mtls: Vec<(u32, MtlsMode)>,
 }
 
+impl Selector {
+    /// Whether the selector selects by nothing (same as no selector).
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty()
+    }
+}
+
 /// `spec.action` of an AuthorizationPolicy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -57,6 +65,24 @@ pub enum Action {
     Audit,
     /// Delegate to an external authorizer (`spec.provider.name`).
     Custom,
+}
+
+impl Action {
+    /// The Istio spelling (`ALLOW`, `DENY`, `AUDIT`, `CUSTOM`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
+        }
+    }
+}
+
+impl core::fmt::Display for Action {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `security.istio.io` AuthorizationPolicy.
