@@ -781,6 +781,108 @@ mod tests {
         }
     }
 
+    /// Child side of `kill_9_during_writes_keeps_last_committed_state`:
+    /// writes increasing values to one record and reports each commit on
+    /// stdout. Only runs when the parent sets the directory variable.
+    #[test]
+    #[ignore = "helper process for the kill -9 test"]
+    fn crash_child_writer() {
+        let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+            return;
+        };
+        let (store, _) = FileStore::open(dir).expect("child open");
+        let start = store
+            .get(&key("cfg"))
+            .expect("get")
+            .map_or(0, |v| parse_counter(&v));
+        let mut out = io::stdout();
+        for i in start + 1.. {
+            // Vary the size so torn writes of different lengths happen.
+            let value = counter_value(i);
+            store
+                .put(&key("cfg"), &value, &change("burst"))
+                .expect("put");
+            writeln!(out, "committed {i}")
+                .and_then(|()| out.flush())
+                .expect("stdout");
+        }
+    }
+
+    const CRASH_DIR_ENV: &str = "MESHGATE_CA_CRASH_TEST_DIR";
+
+    fn counter_value(i: u64) -> Vec<u8> {
+        format!("{i}:{}", "x".repeat((i % 13 * 300) as usize)).into_bytes()
+    }
+
+    fn parse_counter(v: &[u8]) -> u64 {
+        let text = core::str::from_utf8(v).expect("utf8");
+        let (n, _) = text.split_once(':').expect("counter format");
+        n.parse().expect("counter")
+    }
+
+    #[test]
+    fn kill_9_during_writes_keeps_last_committed_state() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = std::env::current_exe().expect("test binary");
+        let mut total_seen = 0;
+        for round in 0..12u64 {
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store::tests::crash_child_writer",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CRASH_DIR_ENV, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn child");
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reader = std::thread::spawn(move || {
+                for line in io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(n) = line.strip_prefix("committed ") {
+                        let _ = tx.send(n.parse::<u64>().expect("number"));
+                    }
+                }
+            });
+            // Let it commit at least once, then kill at a varying moment.
+            let first = rx
+                .recv_timeout(core::time::Duration::from_secs(30))
+                .expect("child committed");
+            std::thread::sleep(core::time::Duration::from_millis(round * 3 % 17));
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            reader.join().expect("reader");
+            let last = rx.try_iter().last().unwrap_or(first);
+            total_seen += 1;
+
+            let (store, report) = FileStore::open(dir.path()).expect("reopen after kill -9");
+            eprintln!("round {round}: last reported {last}, report {report:?}");
+            let value = store.get(&key("cfg")).expect("get").expect("record");
+            let n = parse_counter(&value);
+            // The last reported commit, or the one in flight whose rename
+            // happened before the kill but whose report did not.
+            assert!(n == last || n == last + 1, "round {round}: {n} vs {last}");
+            assert_eq!(value, counter_value(n), "value intact");
+            let log = store.audit_log(0).expect("audit log valid");
+            let pos = log
+                .iter()
+                .rposition(|e| e.value_sha256.as_deref() == Some(&*sha256_hex(&value)))
+                .expect("committed value is in the audit log");
+            assert!(
+                log.len() - pos <= 2,
+                "at most one uncommitted entry after it"
+            );
+        }
+        assert_eq!(total_seen, 12);
+    }
+
     #[test]
     fn json_helpers_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
