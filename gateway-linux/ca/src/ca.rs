@@ -1033,6 +1033,67 @@ impl CertificateAuthority {
     }
 }
 
+/// RFC 3339 UTC rendering of a time, for human-readable output.
+pub fn format_time(t: UnixTime) -> String {
+    let d = to_offset(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
+}
+
+impl core::fmt::Display for CaSummary {
+    /// The text `meshgate ca show` prints.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        writeln!(f, "trust domain:   {}", self.trust_domain)?;
+        writeln!(f, "signing root:   {}", self.signing_root)?;
+        writeln!(
+            f,
+            "signing chain expires: {}",
+            format_time(self.signing_not_after)
+        )?;
+        writeln!(f, "active revocations: {}", self.active_revocations)?;
+        for r in &self.roots {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "root {}{}",
+                r.id,
+                if r.signing { " (signing)" } else { "" }
+            )?;
+            writeln!(f, "  subject:     {}", r.subject)?;
+            writeln!(f, "  sha256:      {}", r.fingerprint_sha256)?;
+            writeln!(
+                f,
+                "  valid:       {} .. {}",
+                format_time(r.not_before),
+                format_time(r.not_after)
+            )?;
+            writeln!(f, "  origin:      {}", r.origin)?;
+            writeln!(
+                f,
+                "  issued:      {} ({} still valid)",
+                r.issued_count, r.valid_leaves
+            )?;
+            if let Some(t) = r.latest_leaf_not_after {
+                writeln!(f, "  last leaf expires: {}", format_time(t))?;
+            }
+            let status = match r.drop_status {
+                DropStatus::Signing => "signing".to_owned(),
+                DropStatus::InUse { until } => format!("in use until {}", format_time(until)),
+                DropStatus::Ready => "can be dropped".to_owned(),
+            };
+            writeln!(f, "  status:      {status}")?;
+        }
+        Ok(())
+    }
+}
+
 fn drop_status(inner: &Inner, root_id: &str, now: UnixTime) -> DropStatus {
     if inner.state.signing == root_id {
         return DropStatus::Signing;

@@ -7,6 +7,8 @@
 //!   roll-over building blocks, revocation, and the `ca show` summary.
 //! - [`cacerts`]: loading and checking an Istio `cacerts` directory.
 //! - [`revocation`]: the revocation list (pure data).
+//! - [`secrets`]: bearer tokens (admin, enrollment) generated and stored
+//!   only as hashes.
 //! - [`x509`]: serial numbers, fingerprints and PEM helpers.
 //!
 //! Nothing in this crate reads the clock: operations take `now`, so tests
@@ -15,6 +17,7 @@
 pub mod ca;
 pub mod cacerts;
 pub mod revocation;
+pub mod secrets;
 pub mod store;
 pub mod x509;
 
@@ -23,5 +26,6 @@ pub use ca::{
     IssuedEntry, LeafKey, RootSummary,
 };
 pub use revocation::{Revocation, RevocationList, RevocationTarget};
+pub use secrets::TokenHash;
 pub use store::{AuditEntry, Change, FileStore, OpenReport, RecordKey, Store, StoreError};
 pub use x509::Serial;

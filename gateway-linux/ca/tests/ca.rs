@@ -547,6 +547,13 @@ fn root_roll_over_trusts_old_and_new_then_drops_old() {
         Err(CaError::RootIsSigning(_))
     ));
     let summary = ca.summary(t1).expect("summary");
+    let text = summary.to_string();
+    assert!(text.contains("root root-2 (signing)"), "{text}");
+    assert!(text.contains("in use until 2025-06-15T16:06:40Z"), "{text}");
+    assert!(
+        text.contains(&summary.roots[0].fingerprint_sha256),
+        "{text}"
+    );
     assert_eq!(summary.roots[0].issued_count, 1);
     assert_eq!(summary.roots[0].valid_leaves, 1);
     assert_eq!(summary.roots[1].issued_count, 1);
