@@ -580,13 +580,17 @@ impl CertificateAuthority {
                 trust_domain: self.config.trust_domain.to_string(),
             });
         }
-        if self.revocation_list().spiffe_id_revoked(id, now).is_some() {
-            return Err(CaError::Revoked(id.to_owned()));
-        }
         let ttl = ttl.unwrap_or(self.config.default_ttl);
         validate_ttl(ttl)?;
 
+        // Lock order: `inner`, then `revocations`. Checking the revocation
+        // under `inner` means a concurrent `revoke_spiffe_id` (which also
+        // holds `inner`) either sees this certificate in the index when it
+        // computes `keep_until`, or is seen here.
         let mut inner = self.lock();
+        if self.revocation_list().spiffe_id_revoked(id, now).is_some() {
+            return Err(CaError::Revoked(id.to_owned()));
+        }
         let signer = &inner.signer;
         let not_before = now.saturating_sub(BACKDATE).max(signer.not_before);
         let not_after = now.saturating_add(ttl).min(signer.not_after);
@@ -855,17 +859,16 @@ impl CertificateAuthority {
         actor: &str,
     ) -> Result<Revocation, CaError> {
         let id = spiffe_id.as_str();
-        let keep_until = {
-            let inner = self.lock();
-            inner
-                .index
-                .certs
-                .iter()
-                .filter(|e| e.spiffe_id == id && e.not_after >= now)
-                .map(|e| e.not_after)
-                .max()
-                .unwrap_or_else(|| now.saturating_add(self.config.default_ttl))
-        };
+        // Held until the revocation is recorded; see `issue_for_key`.
+        let inner = self.lock();
+        let keep_until = inner
+            .index
+            .certs
+            .iter()
+            .filter(|e| e.spiffe_id == id && e.not_after >= now)
+            .map(|e| e.not_after)
+            .max()
+            .unwrap_or_else(|| now.saturating_add(self.config.default_ttl));
         let rev = Revocation {
             target: RevocationTarget::SpiffeId(id.to_owned()),
             revoked_at: now,
@@ -874,7 +877,9 @@ impl CertificateAuthority {
             reason: reason.to_owned(),
         };
         let note = format!("revoked {id}: {reason}");
-        self.record_revocation(rev, &note, now, actor)
+        let recorded = self.record_revocation(rev, &note, now, actor);
+        drop(inner);
+        recorded
     }
 
     /// Revokes one certificate issued by this CA, until it expires.
