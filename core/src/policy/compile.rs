@@ -374,12 +374,19 @@ fn ports(values: &[String], field: &str, errs: &mut Errors) -> Vec<u16> {
 }
 
 fn paths(values: &[String], field: &str, errs: &mut Errors) -> Vec<Pat> {
+    let mut out = Vec::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
         if v.contains('{') || v.contains('}') {
+            // Reported once as a template, not again as a bad wildcard.
             errs.push(format!("{field}[{i}]"), ValidationErrorKind::PathTemplate);
+            continue;
+        }
+        match StringMatch::parse(v) {
+            Ok(m) => out.push(m.map(String::from)),
+            Err(e) => errs.push(format!("{field}[{i}]"), ValidationErrorKind::Pattern(e)),
         }
     }
-    patterns(values, field, errs)
+    out
 }
 
 fn compile_source(s: &Source, at: &str, custom: bool, errs: &mut Errors) -> CSource {
