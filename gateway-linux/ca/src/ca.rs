@@ -191,6 +191,37 @@ pub enum CaSource {
     Cacerts(PathBuf),
 }
 
+impl CaSource {
+    /// Chooses the source from an optional `cacerts` directory the way
+    /// istiod does: all four files present → plugged-in CA; none of them
+    /// (or no directory, e.g. an optional Kubernetes Secret that is not
+    /// there) → generate; some but not all → an error naming the first
+    /// missing file, since a half-provisioned CA is an operator mistake.
+    pub fn detect(cacerts_dir: &Path) -> Result<CaSource, CacertsError> {
+        use crate::cacerts::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
+        let files = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN];
+        let present: Vec<bool> = files.iter().map(|f| cacerts_dir.join(f).exists()).collect();
+        if present.iter().all(|&p| p) {
+            return Ok(CaSource::Cacerts(cacerts_dir.to_path_buf()));
+        }
+        if !present.iter().any(|&p| p) {
+            return Ok(CaSource::Generate);
+        }
+        let missing = files
+            .iter()
+            .zip(&present)
+            .find(|(_, p)| !**p)
+            .map_or(CA_CERT, |(f, _)| *f);
+        Err(CacertsError::Read {
+            path: cacerts_dir.join(missing),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "incomplete cacerts directory (need ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem, or none of them)",
+            ),
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum RootOrigin {

@@ -13,6 +13,26 @@
 //!
 //! Nothing in this crate reads the clock: operations take `now`, so tests
 //! drive them with a virtual clock.
+//!
+//! # Data directory (with [`FileStore`])
+//!
+//! ```text
+//! DATA/                              0700
+//!   LOCK                             flock(2) while a process uses DATA
+//!   audit.log                        append-only, one checksummed JSON line per change
+//!   records/                         0700; every file 0600, header + SHA-256
+//!     ca.state.rec                   trusted roots (PEM + origin), signing root
+//!     ca.root-N.root-key.pem.rec     generated root key (PKCS#8)
+//!     ca.root-N.signing-key.pem.rec  generated intermediate key (PKCS#8)
+//!     ca.root-N.signing-cert.pem.rec generated intermediate certificate
+//!     ca.issued.rec                  per-root counts, index of unexpired leaves
+//!     ca.revocations.rec             revocation list
+//!     ...                            other components' records (policies, tokens)
+//! ```
+//!
+//! A plugged-in `cacerts` CA is only referenced (by directory) from
+//! `ca.state`; its key stays where the operator put it. Leaf private keys
+//! are never written by this crate.
 
 pub mod ca;
 pub mod cacerts;

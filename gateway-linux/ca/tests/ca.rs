@@ -939,3 +939,24 @@ fn cacerts_with_pkcs1_rsa_and_sec1_ec_keys_load() {
         assert_eq!(issued.chain.len(), 1, "{name}");
     }
 }
+
+#[test]
+fn cacerts_source_detection() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    assert_eq!(CaSource::detect(&empty).expect("empty"), CaSource::Generate);
+    assert_eq!(
+        CaSource::detect(&tmp.path().join("absent")).expect("absent"),
+        CaSource::Generate
+    );
+    let full = tmp.path().join("full");
+    write_cacerts(&full, &new_root("r"), Duration::from_secs(86_400));
+    assert_eq!(
+        CaSource::detect(&full).expect("full"),
+        CaSource::Cacerts(full.clone())
+    );
+    fs::remove_file(full.join(CA_KEY)).expect("rm");
+    let err = CaSource::detect(&full).expect_err("partial");
+    assert!(err.to_string().contains(CA_KEY), "{err}");
+}
