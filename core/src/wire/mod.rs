@@ -20,7 +20,7 @@
 //! The session never panics on anything a peer sends; a peer that breaks a
 //! rule gets an `Error` frame and the tunnel closes. Wire types are not
 //! domain types: convert with the `TryFrom` impls (for example a
-//! [`Certificate`] into a `rotation::Validity`).
+//! [`Certificate`] into a [`crate::rotation::Validity`]).
 
 pub mod frame;
 pub mod list;
