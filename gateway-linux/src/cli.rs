@@ -120,9 +120,10 @@ pub(crate) struct ServeArgs {
     pub(crate) config: Option<PathBuf>,
 
     /// Directory for the CA, applied policies and the admin token hash
-    /// (created with mode 0700 if missing).
-    #[arg(long, env = "MESHGATE_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
-    pub(crate) data_dir: PathBuf,
+    /// (created with mode 0700 if missing). Overrides the settings' dataDir;
+    /// the default is ./meshgate-data.
+    #[arg(long, env = "MESHGATE_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 
     /// Admin API address, overriding the settings (port 0 picks a free port;
     /// the address is printed at start).

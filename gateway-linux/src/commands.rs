@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::admin::types::{
-    CaCertView, CaView, ChangeKind, ChangeResult, IssueRequest, IssueResponse, PolicyList,
-    RotateRootRequest, ServiceList, ServiceView,
+    CaView, ChangeKind, ChangeResult, IssueRequest, IssueResponse, PolicyList, RotateRootRequest,
+    ServiceList, ServiceView,
 };
 use crate::cli::{
     AdminArgs, CaCommand, CertCommand, CertIssueArgs, CheckArgs, Command, GetArgs, GetKind,
@@ -312,20 +312,28 @@ fn print_ca(view: &CaView, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(view)?);
         return Ok(());
     }
-    let cert = |label: &str, c: &CaCertView| {
-        println!("{label}: {}", c.subject);
-        println!("  sha256:  {}", c.sha256);
-        println!("  valid:   {} .. {}", c.not_before, c.not_after);
-    };
-    println!("trust domain: {}", view.trust_domain);
-    for r in &view.roots {
-        cert("root", r);
-    }
-    cert("signing", &view.signing);
+    println!("trust domain:  {}", view.trust_domain);
     println!(
-        "issued: {} total, {} still valid; revoked: {}",
-        view.issued_total, view.issued_valid, view.revoked
+        "signing root:  {} (signing chain valid until {})",
+        view.signing_root, view.signing_not_after
     );
+    for r in &view.roots {
+        println!(
+            "\nroot {}{}",
+            r.id,
+            if r.signing { " (signing)" } else { "" }
+        );
+        println!("  subject:     {}", r.subject);
+        println!("  sha256:      {}", r.fingerprint_sha256);
+        println!("  valid:       {} .. {}", r.not_before, r.not_after);
+        println!("  origin:      {}", r.origin);
+        println!(
+            "  issued:      {} ({} still valid)",
+            r.issued_count, r.valid_leaves
+        );
+        println!("  drop status: {}", r.drop_status);
+    }
+    println!("\nactive revocations: {}", view.active_revocations);
     Ok(())
 }
 

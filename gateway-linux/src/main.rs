@@ -10,6 +10,8 @@ mod client;
 mod commands;
 mod dataplane;
 mod fsutil;
+mod identity;
+mod reload;
 mod serve;
 mod state;
 

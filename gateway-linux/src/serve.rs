@@ -16,6 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arc_swap::ArcSwapOption;
+use meshgate_ca::{
+    CaConfig, CaSource, CertificateAuthority, FileStore, IssuedCertificate, LeafKey, Store,
+};
+use meshgate_config::error::ConfigErrors;
+use meshgate_config::settings::Settings;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -24,15 +30,26 @@ use crate::admin::token::{AdminAuth, TOKEN_FILE, TokenError};
 use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
 use crate::fsutil;
-use crate::state::ControlPlane;
+use crate::identity::{IdentityError, IdentityManager, IdentitySink};
+use crate::state::{ChangeError, ControlPlane, MeshSettings, PortInfo, ServiceInfo};
 
-/// Admin address when neither the settings nor `--admin-addr` give one.
-const DEFAULT_ADMIN_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
+/// How often the policy files are checked for changes. Polling mtimes is
+/// simple, works on every filesystem (including ConfigMap symlink swaps)
+/// and keeps the "within 1 s" promise with room to spare.
+const POLL_INTERVAL: core::time::Duration = core::time::Duration::from_millis(250);
 
-/// Why the gateway could not start or stopped with an error.
+/// How often retired CA roots are checked for removal.
+const ROOT_CHECK_INTERVAL: core::time::Duration = core::time::Duration::from_secs(30);
+
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
+    /// The settings file is invalid.
+    #[error("invalid settings, not starting:\n{0}")]
+    Settings(ConfigErrors),
+    /// A `--listen NAME=ADDR` names no listener.
+    #[error("--listen {0}=...: the settings have no listener called {0:?}")]
+    UnknownListener(String),
     /// The data directory could not be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -41,14 +58,27 @@ pub(crate) enum ServeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The state store could not be opened (corrupt, locked by another
+    /// gateway, unreadable).
+    #[error("cannot open the state store: {0}")]
+    Store(#[from] meshgate_ca::StoreError),
     /// Loading or creating the admin token failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The initial configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ChangeError),
+    /// The CA could not be opened or created.
+    #[error("cannot open the certificate authority: {0}")]
+    Ca(#[from] meshgate_ca::CaError),
+    /// The gateway's identity could not be issued.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// A listen address is taken or not allowed.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         /// What the socket is for.
-        what: &'static str,
+        what: String,
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -59,56 +89,168 @@ pub(crate) enum ServeError {
     Signals(std::io::Error),
 }
 
+/// The gateway's identity as last installed, kept for the data plane's TLS
+/// configuration. The key lives only here, in memory.
+#[derive(Default)]
+pub(crate) struct InstalledIdentity {
+    current: ArcSwapOption<(IssuedCertificate, LeafKey)>,
+}
+
+impl IdentitySink for InstalledIdentity {
+    fn install(&self, issued: &IssuedCertificate, key: LeafKey) -> Result<(), String> {
+        self.current.store(Some(Arc::new((issued.clone(), key))));
+        Ok(())
+    }
+}
+
+/// The services of the settings, as the admin API shows them. A service's
+/// workload identity (namespace, labels, account) is its first workload's;
+/// without workloads, the service's namespace and no labels.
+fn service_infos(settings: &Settings) -> Vec<ServiceInfo> {
+    settings
+        .services
+        .iter()
+        .map(|s| {
+            let first = s.workloads.first();
+            ServiceInfo {
+                hosts: s.hosts.clone(),
+                namespace: first.map_or_else(|| s.namespace.clone(), |w| w.namespace.clone()),
+                labels: first.map(|w| w.labels.clone()).unwrap_or_default(),
+                service_account: first.map(|w| w.service_account.clone()),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| PortInfo {
+                        number: p.number,
+                        name: (!p.name.is_empty()).then(|| p.name.clone()),
+                        protocol: if p.protocol.is_http() { "http" } else { "tcp" }.to_owned(),
+                        target_port: first.map_or(p.target_port, |w| w.port_for(p)),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
-    fsutil::ensure_private_dir(&args.data_dir).map_err(|source| ServeError::DataDir {
-        path: args.data_dir.clone(),
+    let mut settings = match &args.config {
+        Some(path) => Settings::load(path).map_err(ServeError::Settings)?,
+        None => Settings::embedded_default(),
+    };
+    for o in &args.listen {
+        let l = settings
+            .listeners
+            .iter_mut()
+            .find(|l| l.name == o.name)
+            .ok_or_else(|| ServeError::UnknownListener(o.name.clone()))?;
+        l.address = o.addr;
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| settings.data_dir.clone());
+
+    fsutil::ensure_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
         source,
     })?;
-    let (auth, new_token) = AdminAuth::load_or_create(&args.data_dir)?;
+    let (store, report) = FileStore::open(&data_dir)?;
+    for f in &report.removed_temp_files {
+        tracing::info!(file = %f.display(), "removed an interrupted write's temporary file");
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+    let (auth, new_token) = AdminAuth::load_or_create(&data_dir)?;
 
-    let control = Arc::new(ControlPlane::new());
+    let control = Arc::new(ControlPlane::load(
+        MeshSettings {
+            trust_domain: settings.trust_domain.to_string(),
+            root_namespace: settings.root_namespace.clone(),
+        },
+        service_infos(&settings),
+        settings.policy_paths.clone(),
+        store.clone(),
+    )?);
 
-    let admin_addr = args.admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
-    let admin_listener =
-        TcpListener::bind(admin_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "admin API",
-                addr: admin_addr,
-                source,
-            })?;
-    let admin_bound = admin_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "admin API",
-            addr: admin_addr,
-            source,
-        })?;
+    let mut ca_config = CaConfig::new(settings.trust_domain.clone());
+    ca_config.default_ttl = settings.identity.cert_ttl;
+    let ca = Arc::new(CertificateAuthority::open(
+        store.clone(),
+        ca_config,
+        &CaSource::Generate,
+        crate::identity::now(),
+        "meshgate",
+    )?);
+    let installed = Arc::new(InstalledIdentity::default());
+    let (identity_manager, identity) = IdentityManager::start(
+        ca.clone(),
+        settings.identity.spiffe_id.clone(),
+        settings.identity.cert_ttl,
+        installed.clone(),
+        control.clone(),
+    )?;
+
+    let admin_addr = args.admin_addr.unwrap_or(settings.admin_address);
+    let bind_err = |source| ServeError::Bind {
+        what: "admin API".to_owned(),
+        addr: admin_addr,
+        source,
+    };
+    let admin_listener = TcpListener::bind(admin_addr).await.map_err(bind_err)?;
+    let admin_bound = admin_listener.local_addr().map_err(bind_err)?;
     let state = Arc::new(AdminState {
         auth,
         ready: false.into(),
         control: control.clone(),
+        ca: ca.clone(),
+        identity: identity.clone(),
+        extra_metrics: None,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_server = axum::serve(admin_listener, admin::router(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin_task = tokio::spawn(async move { admin_server.await });
+    let identity_task = tokio::spawn(identity_manager.run(stop_rx.clone()));
+    let reload_task = tokio::spawn(crate::reload::watch_files(
+        control.clone(),
+        stop_rx.clone(),
+        POLL_INTERVAL,
+    ));
+    let roots_task = {
+        let ca = ca.clone();
+        let identity = identity.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ROOT_CHECK_INTERVAL) => {
+                        if admin::ca_api::drop_retired_roots(&ca) {
+                            identity.renew_now();
+                        }
+                    }
+                    () = crate::serve::stopped(stop.clone()) => return,
+                }
+            }
+        })
+    };
 
     println!("meshgate: admin API listening on http://{admin_bound}");
-    println!("meshgate: data directory {}", args.data_dir.display());
+    println!("meshgate: data directory {}", data_dir.display());
     if let Some(token) = new_token {
         // Printed exactly once, at the start that created it. The server
         // keeps only its hash; the 0600 copy serves local CLI use.
         println!(
             "meshgate: admin token (shown only now; a copy readable only by you is in {}):",
-            args.data_dir.join(TOKEN_FILE).display()
+            data_dir.join(TOKEN_FILE).display()
         );
         println!("  {token}");
+    }
+    if let Some(id) = control.status().identity {
+        println!("meshgate: identity {id}");
     }
     state.ready.store(true, Ordering::Release);
     println!("meshgate: ready");
@@ -119,25 +261,34 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: draining"); break; }
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading configuration");
+                tracing::info!("SIGHUP: reloading policy files");
+                // Errors are logged and kept in the status by the control
+                // plane; the previous configuration keeps serving.
+                let _ignored = control.reload_files(true).await;
             }
         }
     }
 
+    // Not ready any more, so load balancers stop sending; then stop
+    // accepting and let in-flight requests finish up to the deadline.
     state.ready.store(false, Ordering::Release);
     let _ignored = stop_tx.send(true);
     let drain = core::time::Duration::from_secs(args.drain_timeout);
-    match tokio::time::timeout(drain, admin_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
-        Err(_) => tracing::warn!(secs = drain.as_secs(), "drain deadline reached; exiting"),
+    let all = async {
+        let _ = tokio::join!(admin_task, identity_task, reload_task, roots_task);
+    };
+    if tokio::time::timeout(drain, all).await.is_err() {
+        tracing::warn!(
+            secs = drain.as_secs(),
+            "drain deadline reached; exiting with requests still open"
+        );
     }
+    drop(installed);
     println!("meshgate: stopped");
     Ok(())
 }
 
 /// Resolves when `rx` turns true (or its sender is gone).
-async fn stopped(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ignored = rx.wait_for(|stop| *stop).await;
 }

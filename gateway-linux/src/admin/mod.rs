@@ -8,6 +8,7 @@
 //! and the control plane ([`crate::state::ControlPlane`]).
 
 pub(crate) mod api;
+pub(crate) mod ca_api;
 pub(crate) mod token;
 pub(crate) mod types;
 
@@ -26,7 +27,6 @@ use token::AdminAuth;
 use types::ApiError;
 
 /// Everything the admin handlers share.
-#[derive(Debug)]
 pub(crate) struct AdminState {
     /// Checks bearer tokens.
     pub(crate) auth: AdminAuth,
@@ -35,6 +35,20 @@ pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     /// The control plane the API reads and changes.
     pub(crate) control: Arc<ControlPlane>,
+    /// The built-in CA.
+    pub(crate) ca: Arc<meshgate_ca::CertificateAuthority>,
+    /// Forces a re-issue of the gateway's identity.
+    pub(crate) identity: crate::identity::IdentityHandle,
+    /// Extra Prometheus text (the data plane's metrics).
+    pub(crate) extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl core::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds the admin router.
@@ -44,6 +58,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(ca_api::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(security_headers))
@@ -112,7 +127,13 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.control.render_metrics(),
+        {
+            let mut text = state.control.render_metrics();
+            if let Some(extra) = &state.extra_metrics {
+                text.push_str(&extra());
+            }
+            text
+        },
     )
         .into_response()
 }

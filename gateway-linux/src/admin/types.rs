@@ -270,34 +270,44 @@ pub(crate) struct IssueResponse {
     pub(crate) not_after: String,
 }
 
-/// One CA certificate in `GET /api/v1/ca`.
+/// One trusted root in `GET /api/v1/ca`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CaCertView {
+pub(crate) struct RootView {
+    /// meshgate's ID for the root (`root-N`).
+    pub(crate) id: String,
+    /// SHA-256 fingerprint, `AA:BB:...`.
+    pub(crate) fingerprint_sha256: String,
     /// Subject distinguished name.
     pub(crate) subject: String,
-    /// SHA-256 fingerprint of the DER, hex with colons.
-    pub(crate) sha256: String,
     /// Start of validity (RFC 3339).
     pub(crate) not_before: String,
     /// End of validity (RFC 3339).
     pub(crate) not_after: String,
+    /// `generated` or `cacerts:DIR`.
+    pub(crate) origin: String,
+    /// Whether new certificates are signed under it.
+    pub(crate) signing: bool,
+    /// Certificates issued under it.
+    pub(crate) issued_count: u64,
+    /// Of those, still valid.
+    pub(crate) valid_leaves: u64,
+    /// `signing`, `in_use until ...` or `ready` (can be dropped).
+    pub(crate) drop_status: String,
 }
 
-/// Answer to `GET /api/v1/ca`.
+/// Answer to `GET /api/v1/ca` and `POST /api/v1/ca/rotate-root`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CaView {
     /// Trust domain the CA issues for.
     pub(crate) trust_domain: String,
+    /// ID of the root new certificates chain to.
+    pub(crate) signing_root: String,
+    /// Expiry of the signing chain (RFC 3339).
+    pub(crate) signing_not_after: String,
     /// Roots in the trust bundle (two during a roll-over).
-    pub(crate) roots: Vec<CaCertView>,
-    /// The certificate that signs new leaves.
-    pub(crate) signing: CaCertView,
-    /// Certificates issued since the CA was created.
-    pub(crate) issued_total: u64,
-    /// Issued certificates that have not expired yet.
-    pub(crate) issued_valid: u64,
-    /// Revocations still in force.
-    pub(crate) revoked: u64,
+    pub(crate) roots: Vec<RootView>,
+    /// Revocations in force.
+    pub(crate) active_revocations: u64,
 }
 
 /// Body of `POST /api/v1/ca/rotate-root`.
