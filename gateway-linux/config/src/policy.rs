@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+use meshgate_core::mtls::MtlsMode;
 use meshgate_core::policy::{AuthorizationPolicy, ObjectMeta, PeerAuthentication};
 use meshgate_core::time::UnixTime;
 
@@ -42,6 +43,26 @@ impl Policy {
             Policy::PeerAuthentication(p) => &p.meta,
             Policy::AuthorizationPolicy(a) => &a.meta,
         }
+    }
+}
+
+/// The namespace-wide PeerAuthentication that switching a namespace's mode
+/// writes: named `default` (Istio's convention), no selector, no port
+/// overrides. Serialize it with [`crate::emit::to_yaml`].
+pub fn namespace_peer_authentication(
+    namespace: &str,
+    mode: MtlsMode,
+    creation: UnixTime,
+) -> PeerAuthentication {
+    PeerAuthentication {
+        meta: ObjectMeta {
+            name: "default".to_owned(),
+            namespace: namespace.to_owned(),
+            creation,
+        },
+        selector: None,
+        mode,
+        port_level_mtls: Vec::new(),
     }
 }
 

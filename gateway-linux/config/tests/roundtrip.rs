@@ -5,7 +5,7 @@
 use meshgate_config::emit::{
     authorization_policy_to_yaml, peer_authentication_to_yaml, policies_to_yaml, to_yaml,
 };
-use meshgate_config::policy::{Policy, parse_policies};
+use meshgate_config::policy::{Policy, namespace_peer_authentication, parse_policies};
 use meshgate_core::mtls::MtlsMode;
 use meshgate_core::policy::{
     Action, AuthorizationPolicy, Condition, ObjectMeta, Operation, PeerAuthentication, Rule,
@@ -56,8 +56,13 @@ spec:
     mode: STRICT
 "
     );
-    let policy = Policy::PeerAuthentication(p);
+    let policy = Policy::PeerAuthentication(p.clone());
     assert_eq!(reparse(&policy), policy);
+    // What the admin API writes when a namespace is switched to STRICT.
+    assert_eq!(
+        namespace_peer_authentication("bookinfo", MtlsMode::Strict, p.meta.creation),
+        p
+    );
 }
 
 #[test]
