@@ -5,8 +5,8 @@
 //! Run briefly with
 //! `cargo bench -p meshgate-core --bench decisions -- --warm-up-time 1 --measurement-time 3`.
 
-use std::hint::black_box;
-use std::net::IpAddr;
+use core::hint::black_box;
+use core::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshgate_core::mtls::MtlsMode;
