@@ -107,13 +107,15 @@ impl IdentityManager {
             rotation,
             renew_now: renew_now.clone(),
         };
-        m.renew(now())?;
+        m.renew(now(), false)?;
         Ok((m, IdentityHandle { renew_now }))
     }
 
     /// One issuance: CA → sink → schedule. On any error the current
-    /// certificate stays in place.
-    fn renew(&mut self, at: UnixTime) -> Result<(), IdentityError> {
+    /// certificate stays in place. `forced` (after a root change) installs
+    /// the new certificate even if it does not outlive the current one: it
+    /// chains to a different root, which is the point.
+    fn renew(&mut self, at: UnixTime, forced: bool) -> Result<(), IdentityError> {
         let id = self.spiffe_id.borrow();
         let (issued, key) = self
             .ca
@@ -126,7 +128,11 @@ impl IdentityManager {
             .map_err(|_| IdentityError::Rejected(meshgate_core::rotation::RejectReason::Expired))?;
         // Check with the schedule before installing, so a certificate the
         // schedule would refuse never reaches the data plane.
-        let mut next = self.rotation;
+        let mut next = if forced {
+            Rotation::new(*self.rotation.policy()).map_err(IdentityError::Policy)?
+        } else {
+            self.rotation
+        };
         next.renewed(at, validity, random_u32())
             .map_err(IdentityError::Rejected)?;
         self.sink
@@ -153,7 +159,7 @@ impl IdentityManager {
             self.warn_if_close(t, &mut warned_for);
             let wait = match self.rotation.poll(t) {
                 Action::Renew => {
-                    if let Err(e) = self.renew(t) {
+                    if let Err(e) = self.renew(t, false) {
                         self.rotation.renewal_failed(t, random_u32());
                         tracing::warn!(
                             error = %e,
@@ -173,7 +179,7 @@ impl IdentityManager {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.renew_now.notified() => {
                     let t = now();
-                    if let Err(e) = self.renew(t) {
+                    if let Err(e) = self.renew(t, true) {
                         self.rotation.renewal_failed(t, random_u32());
                         tracing::warn!(error = %e, "forced gateway certificate renewal failed");
                     }

@@ -282,3 +282,62 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// A settings file with the bookinfo `details` service and a policy
+/// directory `policies/` next to it (returned second).
+pub fn bookinfo_settings(dir: &Path) -> (PathBuf, PathBuf) {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir policies");
+    let settings = dir.join("meshgate.yaml");
+    std::fs::write(
+        &settings,
+        "\
+trustDomain: cluster.local
+listeners:
+- name: http
+  address: 127.0.0.1:0
+  protocol: http
+policies: [policies/]
+services:
+- name: details
+  namespace: bookinfo
+  hosts: [details.bookinfo.svc.cluster.local]
+  ports:
+  - {number: 9080, name: http, protocol: HTTP, targetPort: 9080}
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports: {http: 19080}
+    labels: {app: details}
+    serviceAccount: bookinfo-details
+",
+    )
+    .expect("write settings");
+    (settings, policies)
+}
+
+/// The seed's namespace-wide STRICT policy.
+pub const STRICT_BOOKINFO: &str = "\
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: bookinfo
+spec:
+  mtls:
+    mode: STRICT
+";
+
+/// Polls `f` every 50 ms until it returns true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

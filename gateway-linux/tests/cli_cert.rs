@@ -1,0 +1,184 @@
+//! `meshgate cert issue`, `ca show` and `ca rotate-root` against a running
+//! gateway.
+
+mod admin_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use admin_support::{Gateway, Start, eventually, text};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+    let mut reader = pem.as_bytes();
+    rustls_pemfile::certs(&mut reader)
+        .map(|c| c.expect("valid PEM").to_vec())
+        .collect()
+}
+
+fn uri_sans(der: &[u8]) -> Vec<String> {
+    let (_, cert) = X509Certificate::from_der(der).expect("X.509");
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for n in &san.general_names {
+                if let GeneralName::URI(u) = n {
+                    out.push((*u).to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cert_issue_writes_a_usable_identity_and_no_key_reaches_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let gw = Gateway::start(Start {
+        data_dir: &data,
+        config: None,
+        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
+    });
+    let out_dir = dir.path().join("client-certs");
+    let id = "spiffe://cluster.local/ns/legacy/sa/client";
+    let out = gw.cli(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        id,
+        "--out",
+        out_dir.to_str().expect("utf-8"),
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let key = std::fs::read_to_string(out_dir.join("key.pem")).expect("key.pem");
+    assert!(key.contains("PRIVATE KEY"));
+    let mode = std::fs::metadata(out_dir.join("key.pem"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "key.pem must be private");
+
+    let cert = pem_blocks(&std::fs::read_to_string(out_dir.join("cert.pem")).expect("cert"));
+    assert_eq!(cert.len(), 1);
+    assert_eq!(uri_sans(&cert[0]), vec![id.to_owned()]);
+    let chain = pem_blocks(&std::fs::read_to_string(out_dir.join("chain.pem")).expect("chain"));
+    assert!(chain.len() >= 2, "leaf plus intermediate");
+    assert_eq!(chain[0], cert[0]);
+    let roots = pem_blocks(&std::fs::read_to_string(out_dir.join("ca.pem")).expect("ca"));
+    assert_eq!(roots.len(), 1);
+
+    // The chain verifies up to the root for client authentication.
+    let anchor =
+        webpki::anchor_from_trusted_cert(&rustls_pki_types::CertificateDer::from(roots[0].clone()))
+            .expect("anchor")
+            .to_owned();
+    let leaf_der = rustls_pki_types::CertificateDer::from(chain[0].clone());
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der).expect("end entity");
+    let intermediates: Vec<_> = chain[1..]
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &intermediates,
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .expect("issued chain verifies to ca.pem");
+
+    // The key was made by the client: nothing in the gateway's data
+    // directory contains it.
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for entry in walk(&data) {
+        let bytes = std::fs::read(&entry).expect("read");
+        let text = String::from_utf8_lossy(&bytes).replace('\n', "");
+        assert!(
+            !text.contains(&key_body),
+            "client key found in {}",
+            entry.display()
+        );
+    }
+
+    // A foreign trust domain is refused with a reason.
+    let out = gw.cli(&[
+        "cert",
+        "issue",
+        "--spiffe-id",
+        "spiffe://evil.example/ns/a/sa/b",
+        "--out",
+        dir.path().join("x").to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("trust domain"), "{:?}", text(&out));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn ca_show_and_rotate_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start(Start {
+        data_dir: &dir.path().join("data"),
+        config: None,
+        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
+    });
+    let out = gw.cli(&["ca", "show"]);
+    let (show, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(show.contains("trust domain:  cluster.local"), "{show}");
+    assert!(show.contains("root root-1 (signing)"), "{show}");
+    assert!(show.contains("sha256:"), "{show}");
+    // The gateway's own identity was issued at start.
+    assert!(show.contains("issued:      1"), "{show}");
+
+    let out = gw.cli(&["ca", "rotate-root"]);
+    let (rot, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(rot.contains("root root-2 (signing)"), "{rot}");
+    assert!(
+        rot.contains("root root-1\n"),
+        "old root still trusted: {rot}"
+    );
+    assert!(rot.contains("in use until"), "{rot}");
+
+    // The gateway re-issues its own identity under the new root.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (_, body) = gw.get("/api/v1/ca", gw.token.as_deref());
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            v["roots"]
+                .as_array()
+                .expect("roots")
+                .iter()
+                .any(|r| r["id"] == "root-2" && r["issued_count"].as_u64() >= Some(1))
+        }),
+        "identity not re-issued under the new root"
+    );
+
+    // --force drops the old root at once.
+    let out = gw.cli(&["ca", "rotate-root", "--force"]);
+    let (forced, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        forced.contains("root root-3 (signing)") && !forced.contains("root root-2"),
+        "{forced}"
+    );
+}
