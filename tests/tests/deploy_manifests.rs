@@ -9,6 +9,11 @@
 //! - every Istio resource — top-level, inside the policy ConfigMap, inside
 //!   the settings file, or anywhere under `deploy/` — validates against
 //!   Istio's CRD OpenAPI schemas kept in `tests/testdata/istio-crds/`;
+//! - meshgate's own parser (meshgate-config) accepts the settings file and
+//!   the policies exactly as the pod sees them: the rendered ConfigMaps are
+//!   laid out like the kubelet's volumes (`..data` symlinks included) and
+//!   loaded with `Settings::load` and `load_policies`; every policy file
+//!   under `deploy/` parses too;
 //! - the pod keeps its hardening (non-root, read-only root filesystem, no
 //!   privilege escalation, all capabilities dropped, RuntimeDefault seccomp,
 //!   probes on the admin port, resource limits, no API token);
@@ -28,6 +33,11 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use meshgate_config::policy::{load_policies, parse_policies};
+use meshgate_config::settings::Settings;
+use meshgate_core::mtls::MtlsMode;
+use meshgate_core::time::UnixTime;
 
 /// Kubernetes version the manifests must be valid for.
 const KUBERNETES_VERSION: &str = "1.32.0";
@@ -562,5 +572,141 @@ fn dockerfile_is_multi_stage_non_root_and_copies_no_secrets() {
         dockerfile_problems(&single)
             .iter()
             .any(|p| p.contains("multi-stage"))
+    );
+}
+
+/// Writes the rendered ConfigMaps the way the kubelet mounts them into the
+/// pod: the settings file at ROOT/meshgate.yaml (subPath mount) and the
+/// policy ConfigMap at ROOT/policies/ with the atomic-writer layout
+/// (`..<timestamp>/` holds the files, `..data` points at it, each key is a
+/// symlink through `..data`).
+const POD_LAYOUT: &str = r#"
+import os, sys, yaml
+root = sys.argv[2]
+os.makedirs(os.path.join(root, "policies"), exist_ok=True)
+found = set()
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if not d or d["kind"] != "ConfigMap":
+        continue
+    name, data = d["metadata"]["name"], d.get("data") or {}
+    if name.startswith("meshgate-settings"):
+        open(os.path.join(root, "meshgate.yaml"), "w").write(data["meshgate.yaml"])
+        found.add("settings")
+    elif name == "meshgate-policies":
+        pol = os.path.join(root, "policies")
+        stamp = "..2026_01_01_00_00_00.000000000"
+        os.makedirs(os.path.join(pol, stamp))
+        os.symlink(stamp, os.path.join(pol, "..data"))
+        for key, value in data.items():
+            open(os.path.join(pol, stamp, key), "w").write(value)
+            os.symlink(os.path.join("..data", key), os.path.join(pol, key))
+        found.add("policies")
+missing = {"settings", "policies"} - found
+if missing:
+    sys.exit("rendered manifests lack ConfigMaps: " + ", ".join(sorted(missing)))
+"#;
+
+#[test]
+fn deploy_settings_and_policies_are_accepted_by_meshgate() {
+    let test = "deploy_settings_and_policies_are_accepted_by_meshgate";
+    if !prerequisite(have_kubectl(), KUBECTL_MISSING, test)
+        || !prerequisite(have_python_modules(), PYTHON_MISSING, test)
+    {
+        return;
+    }
+    let scratch = Scratch::new("parser");
+    for (i, k) in KUSTOMIZATIONS.iter().enumerate() {
+        let rendered = scratch.write(&format!("rendered-{i}.yaml"), &render(k));
+        let root = scratch.0.join(format!("pod-{i}/etc/meshgate"));
+        let out = run(Command::new("python3")
+            .args(["-c", POD_LAYOUT])
+            .arg(&rendered)
+            .arg(&root));
+        assert!(out.status.success(), "{k}: {}", text(&out));
+
+        let settings = match Settings::load(&root.join("meshgate.yaml")) {
+            Ok(s) => s,
+            Err(e) => panic!("{k}: meshgate rejects its settings file:\n{e}"),
+        };
+        // The pod's probes and Services reach these addresses from outside
+        // the container: they must be on all interfaces, on the ports the
+        // Deployment declares.
+        assert!(
+            settings.admin_address.ip().is_unspecified() && settings.admin_address.port() == 15000,
+            "{k}: admin must listen on 0.0.0.0:15000 in a pod, not {}",
+            settings.admin_address
+        );
+        assert!(
+            settings
+                .listeners
+                .iter()
+                .any(|l| l.address.ip().is_unspecified() && l.address.port() == 9080),
+            "{k}: no data-plane listener on 0.0.0.0:9080: {:?}",
+            settings.listeners
+        );
+        assert!(
+            settings.policy_paths.iter().all(|p| p.starts_with(&root)),
+            "{k}: policy paths outside the mounted ConfigMap: {:?}",
+            settings.policy_paths
+        );
+        let policies = match load_policies(&settings.policy_paths, UnixTime::EPOCH) {
+            Ok(p) => p,
+            Err(e) => panic!("{k}: meshgate rejects its policies:\n{e}"),
+        };
+        let (peer, authz) = policies.into_parts();
+        if k.ends_with("bookinfo") {
+            // The seed's STRICT namespace policy and the productpage-only
+            // rule, read through the `..data` symlinks.
+            assert!(
+                peer.iter().any(|p| p.meta.namespace == "bookinfo"
+                    && p.meta.name == "default"
+                    && p.selector.is_none()
+                    && p.mode == MtlsMode::Strict),
+                "{k}: no namespace-wide STRICT policy for bookinfo: {peer:?}"
+            );
+            assert!(
+                authz.iter().any(|a| a.meta.namespace == "bookinfo"
+                    && a.meta.name == "details-allow-productpage"),
+                "{k}: AuthorizationPolicy missing: {authz:?}"
+            );
+            for host in [
+                "details.bookinfo.svc.cluster.local",
+                "productpage.bookinfo.svc.cluster.local",
+            ] {
+                assert!(
+                    settings.service_for_host(host).is_some(),
+                    "{k}: no service for {host}"
+                );
+            }
+        }
+    }
+
+    // Every policy file anywhere under deploy/ parses on its own, as
+    // `meshgate apply -f FILE` would read it.
+    let mut parsed = 0;
+    for file in deploy_yaml_files() {
+        let src = fs::read_to_string(&file).unwrap_or_default();
+        if !src.contains("apiVersion: security.istio.io/") {
+            continue;
+        }
+        let origin = file.display().to_string();
+        if let Err(e) = parse_policies(&origin, &src, UnixTime::EPOCH) {
+            panic!("meshgate rejects {origin}:\n{e}");
+        }
+        parsed += 1;
+    }
+    assert!(
+        parsed >= 2,
+        "found only {parsed} policy files under deploy/"
+    );
+
+    // meshgate's parser checks what the CRD schema leaves to CEL rules:
+    // portLevelMtls without a selector is refused.
+    let broken = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                  metadata:\n  name: default\n  namespace: bookinfo\n\
+                  spec:\n  portLevelMtls:\n    \"9080\":\n      mode: DISABLE\n";
+    assert!(
+        parse_policies("broken.yaml", broken, UnixTime::EPOCH).is_err(),
+        "meshgate accepted portLevelMtls without a selector"
     );
 }
