@@ -28,6 +28,7 @@ pub mod creds;
 pub(crate) mod der;
 pub mod enroll;
 pub mod pin;
+pub mod tunnel;
 
 pub use creds::Credentials;
 
