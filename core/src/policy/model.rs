@@ -44,6 +44,9 @@ pub struct PeerAuthentication {
     pub mode: MtlsMode,
     /// `spec.portLevelMtls`, keyed by *workload* (target) port. Ports are
     /// kept as `u32` so that validation can report out-of-range values.
+    /// An empty list means "absent": a parser that sees an explicitly empty
+    /// map must itself report Istio's "port level mTLS, if defined, must
+    /// have at least one element".
     pub port_level_mtls: Vec<(u32, MtlsMode)>,
 }
 

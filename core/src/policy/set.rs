@@ -538,9 +538,14 @@ impl PolicySet {
         &self.trust_domain
     }
 
-    /// Number of PeerAuthentications and AuthorizationPolicies held.
-    pub fn len(&self) -> (usize, usize) {
-        (self.peers.len(), self.authz.len())
+    /// Number of PeerAuthentications held.
+    pub fn peer_authentication_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Number of AuthorizationPolicies held.
+    pub fn authorization_policy_count(&self) -> usize {
+        self.authz.len()
     }
 
     /// Whether the set holds no policy at all.
