@@ -4,7 +4,7 @@
 //! and [`crate::commands`] (the client commands that talk to a running
 //! gateway's admin API, or to the CA in a data directory).
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

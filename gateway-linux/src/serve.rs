@@ -11,10 +11,10 @@
 //! sending), listeners stop accepting, and in-flight requests get up to
 //! `--drain-timeout` to finish before the process exits 0.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
+use core::sync::atomic::Ordering;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwapOption;
 use meshgate_ca::{

@@ -16,9 +16,9 @@
 //! An invalid change is rejected whole with located errors and the previous
 //! configuration keeps serving.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -219,6 +219,10 @@ impl ChangeError {
 /// Size and modification time of a watched file (`None`: missing).
 type Stamp = Option<(SystemTime, u64)>;
 
+/// The result of loading the policy files: the policies and the stamps of
+/// the files they came from.
+type Loaded = (Vec<PolicyEntry>, Vec<(PathBuf, Stamp)>);
+
 /// What the change path owns (behind the change mutex).
 struct Sources {
     policy_paths: Vec<PathBuf>,
@@ -311,6 +315,13 @@ impl ControlPlane {
     }
 
     /// Adds a subscriber and publishes the current configuration to it.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the data plane subscribes once its entry point lands"
+        )
+    )]
     pub(crate) fn subscribe(&self, s: Arc<dyn Subscriber>) -> Result<(), ChangeError> {
         let commit = s
             .prepare(&self.current.load_full())
@@ -538,11 +549,6 @@ impl ControlPlane {
         }
     }
 
-    /// Records the bound data-plane listeners for status output.
-    pub(crate) fn set_listeners(&self, listeners: Vec<(String, String)>) {
-        *lock(&self.listeners) = listeners;
-    }
-
     /// Records the gateway's current identity and its expiry.
     pub(crate) fn set_identity(&self, spiffe_id: String, not_after: UnixTime) {
         *lock(&self.identity) = Some((spiffe_id, not_after));
@@ -722,10 +728,7 @@ fn stamps_of(files: &[PathBuf]) -> Vec<(PathBuf, Stamp)> {
 }
 
 /// Reads and parses every policy file; all-or-nothing.
-fn load_files(
-    sources: &mut Sources,
-    now: UnixTime,
-) -> Result<(Vec<PolicyEntry>, Vec<(PathBuf, Stamp)>), ChangeError> {
+fn load_files(sources: &mut Sources, now: UnixTime) -> Result<Loaded, ChangeError> {
     let files = expand(&sources.policy_paths);
     let stamps = stamps_of(&files);
     let mut errors = Vec::new();
@@ -833,4 +836,119 @@ pub(crate) fn rfc3339(t: UnixTime) -> String {
 /// the values guarded here are replaced whole, so they stay consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicBool;
+
+    const STRICT: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bookinfo}
+spec:
+  mtls: {mode: STRICT}
+";
+
+    fn plane(dir: &Path) -> ControlPlane {
+        let (store, _) = meshgate_ca::FileStore::open(dir).expect("store");
+        ControlPlane::load(
+            MeshSettings {
+                trust_domain: "cluster.local".into(),
+                root_namespace: "istio-system".into(),
+            },
+            Vec::new(),
+            Vec::new(),
+            Arc::new(store),
+        )
+        .expect("load")
+    }
+
+    /// Refuses while `refuse` is set; counts commits.
+    struct Gate {
+        refuse: AtomicBool,
+        commits: Arc<AtomicU64>,
+    }
+
+    impl Subscriber for Gate {
+        fn prepare(&self, _config: &Arc<Config>) -> Result<Commit, String> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err("refused".into());
+            }
+            let commits = self.commits.clone();
+            Ok(Box::new(move || {
+                commits.fetch_add(1, Ordering::SeqCst);
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusing_subscriber_rejects_the_change_and_nothing_is_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = plane(dir.path());
+        let commits = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(Gate {
+            refuse: AtomicBool::new(false),
+            commits: commits.clone(),
+        });
+        cp.subscribe(gate.clone()).expect("subscribe");
+        assert_eq!(
+            commits.load(Ordering::SeqCst),
+            1,
+            "initial config published"
+        );
+
+        gate.refuse.store(true, Ordering::SeqCst);
+        let err = cp
+            .apply_yaml("t.yaml", STRICT, "test")
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, ChangeError::Subscriber(_)), "{err}");
+        assert_eq!(cp.current().generation, 1);
+        assert!(cp.current().policies.is_empty());
+        drop(cp);
+        // Not persisted either: a restart sees no policy.
+        let cp = plane(dir.path());
+        assert!(cp.current().policies.is_empty());
+
+        gate.refuse.store(false, Ordering::SeqCst);
+        cp.subscribe(gate.clone()).expect("subscribe");
+        let res = cp
+            .apply_yaml("t.yaml", STRICT, "test")
+            .await
+            .expect("apply");
+        assert_eq!(res.generation, 2);
+        assert_eq!(commits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_missing_policy_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = plane(dir.path());
+        cp.apply_yaml("t.yaml", STRICT, "test")
+            .await
+            .expect("apply");
+        let missing = (
+            "PeerAuthentication".into(),
+            "bookinfo".into(),
+            "nope".into(),
+        );
+        let existing = (
+            "PeerAuthentication".into(),
+            "bookinfo".into(),
+            "default".into(),
+        );
+        let err = cp
+            .delete_keys(vec![existing, missing], "test")
+            .await
+            .expect_err("not found");
+        assert!(matches!(err, ChangeError::NotFound(_)));
+        assert_eq!(cp.current().policies.len(), 1, "all-or-nothing");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_seconds() {
+        assert_eq!(rfc3339(UnixTime::from_secs(0)), "1970-01-01T00:00:00Z");
+    }
 }

@@ -3,7 +3,7 @@
 
 mod admin_support;
 
-use std::time::Duration;
+use core::time::Duration;
 
 use admin_support::{Gateway, Start};
 

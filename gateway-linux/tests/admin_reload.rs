@@ -4,7 +4,7 @@
 
 mod admin_support;
 
-use std::time::Duration;
+use core::time::Duration;
 
 use admin_support::{Gateway, STRICT_BOOKINFO, Start, bookinfo_settings, eventually, text};
 
@@ -19,10 +19,10 @@ fn mode(gw: &Gateway) -> String {
 /// The test only needs one field; a tiny extractor keeps the test crate
 /// free of extra dependencies.
 mod serde_json_like {
-    pub struct Value {
-        pub mode: String,
+    pub(crate) struct Value {
+        pub(crate) mode: String,
     }
-    pub fn parse(s: &str) -> Value {
+    pub(crate) fn parse(s: &str) -> Value {
         let i = s.find("\"mode\": \"").expect("mode in JSON") + 9;
         let rest = &s[i..];
         let end = rest.find('"').expect("closing quote");

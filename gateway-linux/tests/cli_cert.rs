@@ -3,8 +3,8 @@
 
 mod admin_support;
 
+use core::time::Duration;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use admin_support::{Gateway, Start, eventually, text};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};

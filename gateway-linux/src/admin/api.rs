@@ -89,15 +89,11 @@ fn first_line(s: &str) -> String {
         .to_owned()
 }
 
-fn body_text(body: &axum::body::Bytes) -> Result<&str, Response> {
+fn body_text(body: &axum::body::Bytes) -> Result<&str, (StatusCode, &'static str)> {
     if body.len() > MAX_YAML_BODY {
-        return Err(error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "YAML body larger than 1 MiB",
-        ));
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "YAML body larger than 1 MiB"));
     }
-    core::str::from_utf8(body)
-        .map_err(|_| error_response(StatusCode::BAD_REQUEST, "the YAML body is not UTF-8"))
+    core::str::from_utf8(body).map_err(|_| (StatusCode::BAD_REQUEST, "the YAML body is not UTF-8"))
 }
 
 async fn apply(
@@ -107,7 +103,7 @@ async fn apply(
 ) -> Response {
     let text = match body_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err((status, msg)) => return error_response(status, msg),
     };
     let origin = q.source.unwrap_or_else(|| "request".to_owned());
     match state.control.apply_yaml(&origin, text, ACTOR).await {
@@ -123,7 +119,7 @@ async fn delete_yaml(
 ) -> Response {
     let text = match body_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err((status, msg)) => return error_response(status, msg),
     };
     let origin = q.source.unwrap_or_else(|| "request".to_owned());
     match state.control.delete_yaml(&origin, text, ACTOR).await {

@@ -12,8 +12,8 @@ pub(crate) mod ca_api;
 pub(crate) mod token;
 pub(crate) mod types;
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Request, State};

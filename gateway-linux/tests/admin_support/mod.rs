@@ -6,12 +6,13 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+use core::time::Duration;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
