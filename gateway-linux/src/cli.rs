@@ -103,6 +103,14 @@ pub(crate) enum Command {
     )]
     Check(CheckArgs),
 
+    /// Check a settings file and/or policy files offline (no gateway needed).
+    #[command(long_about = "Check configuration offline, without starting anything: the \
+                            settings file given with --config (and every service and policy \
+                            file it names), and each policy file given with -f. Prints every \
+                            problem with file, document, line and field; exits 0 when all is \
+                            valid, 1 otherwise.")]
+    Validate(ValidateArgs),
+
     /// Certificates for hosts outside the mesh.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -141,6 +149,13 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) listen: Vec<ListenOverride>,
 
+    /// An Istio `cacerts` directory (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem) to sign with instead of a generated root. An empty or
+    /// missing directory means "generate", as istiod does; a partial one is
+    /// an error.
+    #[arg(long, env = "MESHGATE_CACERTS_DIR", value_name = "DIR")]
+    pub(crate) cacerts: Option<PathBuf>,
+
     /// How long in-flight requests may run after SIGTERM before the gateway
     /// exits anyway, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
@@ -174,6 +189,18 @@ impl core::str::FromStr for ListenOverride {
             addr,
         })
     }
+}
+
+/// `meshgate validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// Settings file to check, with the service and policy files it names.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Policy file (Istio YAML) to check; repeatable.
+    #[arg(long = "filename", short = 'f', value_name = "FILE")]
+    pub(crate) files: Vec<PathBuf>,
 }
 
 /// How a client command reaches a running gateway.

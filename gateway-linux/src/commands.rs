@@ -14,7 +14,7 @@ use crate::admin::types::{
 };
 use crate::cli::{
     AdminArgs, CaCommand, CertCommand, CertIssueArgs, CheckArgs, Command, GetArgs, GetKind,
-    OutputFormat,
+    OutputFormat, ValidateArgs,
 };
 use crate::client::{AdminClient, resolve_token};
 
@@ -25,6 +25,7 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Apply(a) => apply(&a.admin, &a.file, false).await,
         Command::Delete(a) => apply(&a.admin, &a.file, true).await,
         Command::Get(a) => get(a).await,
+        Command::Validate(a) => validate(&a),
         Command::Check(a) => check(a).await,
         Command::Cert(CertCommand::Issue(a)) => cert_issue(a).await,
         Command::Ca(CaCommand::Show(a)) => {
@@ -189,6 +190,54 @@ async fn check(a: CheckArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("{}", describe(&view));
+    Ok(())
+}
+
+/// `meshgate validate`: the same parsers and validation `serve` uses.
+fn validate(a: &ValidateArgs) -> anyhow::Result<()> {
+    if a.config.is_none() && a.files.is_empty() {
+        anyhow::bail!("nothing to validate: give --config FILE and/or -f POLICY.yaml");
+    }
+    let now = crate::state::now_secs();
+    let report = |what: String, result: Result<usize, meshgate_config::error::ConfigErrors>| {
+        match result {
+            Ok(n) => {
+                println!("{what}: ok ({n} resource(s))");
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                e.len()
+            }
+        }
+    };
+    let mut problems = 0usize;
+    if let Some(path) = &a.config {
+        let result = meshgate_config::settings::Settings::load(path).and_then(|s| {
+            let policies = meshgate_config::policy::load_policies(&s.policy_paths, now)?;
+            Ok(s.services.len()
+                + policies.peer_authentications.len()
+                + policies.authorization_policies.len())
+        });
+        problems += report(path.display().to_string(), result);
+    }
+    for f in &a.files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                let result =
+                    meshgate_config::policy::parse_policies(&name, &text, now).map(|p| p.len());
+                problems += report(name, result);
+            }
+            Err(e) => {
+                problems += 1;
+                eprintln!("{name}: {e}");
+            }
+        }
+    }
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found");
+    }
     Ok(())
 }
 

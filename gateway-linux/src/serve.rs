@@ -71,6 +71,9 @@ pub(crate) enum ServeError {
     /// The CA could not be opened or created.
     #[error("cannot open the certificate authority: {0}")]
     Ca(#[from] meshgate_ca::CaError),
+    /// The `cacerts` directory is incomplete.
+    #[error("invalid --cacerts directory: {0}")]
+    Cacerts(meshgate_ca::cacerts::CacertsError),
     /// The gateway's identity could not be issued.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -176,12 +179,19 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         store.clone(),
     )?);
 
+    let ca_source = match &args.cacerts {
+        Some(dir) => CaSource::detect(dir).map_err(ServeError::Cacerts)?,
+        None => CaSource::Generate,
+    };
+    if let CaSource::Cacerts(dir) = &ca_source {
+        println!("meshgate: signing with the plugged-in CA in {}", dir.display());
+    }
     let mut ca_config = CaConfig::new(settings.trust_domain.clone());
     ca_config.default_ttl = settings.identity.cert_ttl;
     let ca = Arc::new(CertificateAuthority::open(
         store.clone(),
         ca_config,
-        &CaSource::Generate,
+        &ca_source,
         crate::identity::now(),
         "meshgate",
     )?);

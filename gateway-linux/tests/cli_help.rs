@@ -17,7 +17,9 @@ fn help(args: &[&str]) -> String {
 #[test]
 fn top_level_help_lists_every_command() {
     let text = help(&[]);
-    for cmd in ["serve", "apply", "delete", "get", "check", "cert", "ca"] {
+    for cmd in [
+        "serve", "apply", "delete", "get", "check", "validate", "cert", "ca",
+    ] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(cmd)),
             "`{cmd}` missing from --help:\n{text}"
@@ -56,6 +58,7 @@ fn each_subcommand_explains_itself() {
             &["--spiffe-id", "--out", "--ttl", "key.pem"],
         ),
         (&["ca", "show"], &["--admin"]),
+        (&["validate"], &["--config", "-f", "line"]),
         (&["ca", "rotate-root"], &["--force", "old and new roots"]),
     ];
     for (args, needles) in cases {
@@ -115,6 +118,70 @@ fn client_command_without_token_explains_where_it_looked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no admin token") && err.contains("admin-token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_checks_settings_and_policies_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (settings, policies) = admin_support::bookinfo_settings(dir.path());
+    std::fs::write(policies.join("ok.yaml"), admin_support::STRICT_BOOKINFO).expect("write");
+    let out = Command::new(admin_support::bin())
+        .args(["validate", "--config"])
+        .arg(&settings)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 resource(s))"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        admin_support::STRICT_BOOKINFO.replace("STRICT", "STRICTT"),
+    )
+    .expect("write");
+    let out = Command::new(admin_support::bin())
+        .args(["validate", "-f"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("line 8") && err.contains("spec.mtls.mode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn partial_cacerts_directory_fails_the_start_naming_the_missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir_all(&cacerts).expect("mkdir");
+    std::fs::write(cacerts.join("ca-cert.pem"), "x").expect("write");
+    let out = Command::new(admin_support::bin())
+        .args([
+            "serve",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--listen",
+            "http=127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--cacerts")
+        .arg(&cacerts)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cacerts") && err.contains("ca-key.pem"),
         "{err}"
     );
 }
