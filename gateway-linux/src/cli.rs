@@ -104,11 +104,13 @@ pub(crate) enum Command {
     Check(CheckArgs),
 
     /// Check a settings file and/or policy files offline (no gateway needed).
-    #[command(long_about = "Check configuration offline, without starting anything: the \
+    #[command(
+        long_about = "Check configuration offline, without starting anything: the \
                             settings file given with --config (and every service and policy \
                             file it names), and each policy file given with -f. Prints every \
                             problem with file, document, line and field; exits 0 when all is \
-                            valid, 1 otherwise.")]
+                            valid, 1 otherwise."
+    )]
     Validate(ValidateArgs),
 
     /// Certificates for hosts outside the mesh.

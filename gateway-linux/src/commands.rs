@@ -199,8 +199,8 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<()> {
         anyhow::bail!("nothing to validate: give --config FILE and/or -f POLICY.yaml");
     }
     let now = crate::state::now_secs();
-    let report = |what: String, result: Result<usize, meshgate_config::error::ConfigErrors>| {
-        match result {
+    let report =
+        |what: String, result: Result<usize, meshgate_config::error::ConfigErrors>| match result {
             Ok(n) => {
                 println!("{what}: ok ({n} resource(s))");
                 0
@@ -209,8 +209,7 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<()> {
                 eprintln!("{e}");
                 e.len()
             }
-        }
-    };
+        };
     let mut problems = 0usize;
     if let Some(path) = &a.config {
         let result = meshgate_config::settings::Settings::load(path).and_then(|s| {

@@ -184,7 +184,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         None => CaSource::Generate,
     };
     if let CaSource::Cacerts(dir) = &ca_source {
-        println!("meshgate: signing with the plugged-in CA in {}", dir.display());
+        println!(
+            "meshgate: signing with the plugged-in CA in {}",
+            dir.display()
+        );
     }
     let mut ca_config = CaConfig::new(settings.trust_domain.clone());
     ca_config.default_ttl = settings.identity.cert_ttl;
