@@ -50,6 +50,12 @@ pub(crate) enum ServeError {
     /// A `--listen NAME=ADDR` names no listener.
     #[error("--listen {0}=...: the settings have no listener called {0:?}")]
     UnknownListener(String),
+    /// `tls.certFile/keyFile/caFile` are set: the gateway identity comes
+    /// from the built-in CA in this version.
+    #[error(
+        "settings `tls` ({0}) is not supported yet: the gateway's identity comes from the built-in CA; remove `tls:` or plug your CA in with --cacerts DIR"
+    )]
+    TlsFilesUnsupported(PathBuf),
     /// The data directory could not be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -152,6 +158,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .find(|l| l.name == o.name)
             .ok_or_else(|| ServeError::UnknownListener(o.name.clone()))?;
         l.address = o.addr;
+    }
+    if let Some(tls) = &settings.tls {
+        // Fail closed rather than silently serving a different certificate
+        // than the one configured.
+        return Err(ServeError::TlsFilesUnsupported(tls.cert_file.clone()));
     }
     let data_dir = args
         .data_dir
