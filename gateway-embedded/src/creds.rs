@@ -101,7 +101,9 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     /// First-boot credentials: a fresh key, where the gateway is, who it
-    /// is, and the one-time token to enroll with.
+    /// is, and the one-time token to enroll with. Add the trust root that
+    /// verifies the gateway during enrollment with
+    /// [`with_bootstrap_root`](Self::with_bootstrap_root).
     pub fn provision(
         key: &NodeKey,
         gateway: GatewayAddr,
@@ -122,6 +124,14 @@ impl Credentials {
             roots: Vec::new(),
             validity: None,
         })
+    }
+
+    /// Trusts `root` (DER) for the enrollment connection. Enrollment
+    /// replaces the roots with the bundle the gateway sends.
+    pub fn with_bootstrap_root(mut self, root: &[u8]) -> Result<Self, CredsError> {
+        let list: BoundedList<&[u8], 1> = BoundedList::from_slice(&[root]).map_err(|_| CredsError::TooLarge)?;
+        fill(&mut self.arena, &mut self.roots, &list)?;
+        Ok(self)
     }
 
     /// The node's key.

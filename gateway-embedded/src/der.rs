@@ -262,6 +262,41 @@ pub(crate) fn for_each_uri_san<'a>(
     }
 }
 
+/// DER content of OID 2.5.29.19 (basicConstraints).
+const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+
+/// True when the certificate has basicConstraints with `cA` TRUE.
+///
+/// embedded-tls verifies chain signatures only; without this check any
+/// end-entity certificate from the mesh CA could sign a forged
+/// "gateway" certificate and present the pair as a chain.
+pub(crate) fn is_ca(cert_der: &[u8]) -> bool {
+    is_ca_inner(cert_der).unwrap_or(false)
+}
+
+fn is_ca_inner(cert_der: &[u8]) -> Option<bool> {
+    let (cert, _) = read_tlv(cert_der)?;
+    let (tbs, _) = read_tlv(cert.content)?;
+    let extensions = children(tbs.content)
+        .flatten()
+        .find(|c| c.tag == tag::CONTEXT_3)?;
+    let (list, _) = read_tlv(extensions.content)?;
+    for ext in children(list.content) {
+        let ext = ext?;
+        let mut parts = children(ext.content);
+        let oid = parts.next()??;
+        if oid.tag != tag::OID || oid.content != OID_BASIC_CONSTRAINTS {
+            continue;
+        }
+        let value = parts.flatten().find(|p| p.tag == tag::OCTET_STRING)?;
+        let (constraints, _) = read_tlv(value.content)?;
+        // SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLen INTEGER OPTIONAL }
+        let first = children(constraints.content).next().flatten();
+        return Some(matches!(first, Some(Tlv { tag: 0x01, content: [0xff] })));
+    }
+    Some(false)
+}
+
 /// The subject public key (the BIT STRING's bytes, without the unused-bits
 /// byte) of a DER certificate: for P-256, the SEC1 point.
 pub(crate) fn subject_public_key(cert_der: &[u8]) -> Option<&[u8]> {

@@ -17,7 +17,8 @@
 //! - [`pin`]: the check that the TLS server is *the* gateway, not just any
 //!   holder of a certificate from the mesh CA.
 //! - [`tunnel`]: the sans-IO client session over `core::wire`.
-//! - [`bridge`]: legacy connections ↔ tunnel streams.
+//! - [`tls`]: embedded-tls crypto provider and the gateway verifier.
+//! - [`node`]: the embassy-net runtime driving the tunnel over TLS.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 #[cfg(test)]
@@ -27,7 +28,10 @@ pub mod config;
 pub mod creds;
 pub(crate) mod der;
 pub mod enroll;
+pub(crate) mod log;
+pub mod node;
 pub mod pin;
+pub mod tls;
 pub mod tunnel;
 
 pub use creds::Credentials;

@@ -27,6 +27,8 @@ pub enum PinError {
     AmbiguousIdentity,
     /// The SPIFFE ID is someone else's.
     WrongIdentity,
+    /// A certificate above the leaf is not a CA certificate.
+    NotACa,
 }
 
 impl fmt::Display for PinError {
@@ -40,6 +42,7 @@ impl fmt::Display for PinError {
             PinError::WrongIdentity => {
                 f.write_str("server SPIFFE ID is not the pinned gateway identity")
             }
+            PinError::NotACa => f.write_str("server chain has a non-CA certificate above the leaf"),
         }
     }
 }
@@ -73,6 +76,18 @@ pub fn check_gateway_leaf(leaf_der: &[u8], expected: &SpiffeId<'_>) -> Result<()
         Ok(())
     } else {
         Err(PinError::WrongIdentity)
+    }
+}
+
+/// Every certificate the server sent after its leaf must be a CA
+/// certificate (basicConstraints cA). embedded-tls checks chain signatures
+/// but not this, so without it a device could sign a forged gateway
+/// certificate with its own (end-entity) key.
+pub fn check_chain_cas<'c>(rest: impl IntoIterator<Item = &'c [u8]>) -> Result<(), PinError> {
+    if rest.into_iter().all(der::is_ca) {
+        Ok(())
+    } else {
+        Err(PinError::NotACa)
     }
 }
 
@@ -195,6 +210,15 @@ pub(crate) mod tests {
             check_gateway_leaf(&[0x04, 0x01, 0x00], &pin),
             Err(PinError::Certificate(_))
         ));
+    }
+
+    #[test]
+    fn end_entity_cannot_act_as_intermediate() {
+        let ca = TestCa::new("mesh root");
+        let (device, _) = ca.leaf(&["spiffe://cluster.local/ns/factory/sa/edge-2"]);
+        assert_eq!(check_chain_cas([device.as_slice()]), Err(PinError::NotACa));
+        assert_eq!(check_chain_cas([ca.cert_der.as_slice()]), Ok(()));
+        assert_eq!(check_chain_cas([]), Ok(()));
     }
 
     #[test]
