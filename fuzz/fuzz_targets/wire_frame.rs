@@ -19,7 +19,11 @@ use meshgate_core::wire::{
 fn assert_canonical(msg: &Message<'_>, bytes: &[u8]) {
     let mut buf = [0u8; MAX_FRAME_LEN];
     let n = encode_frame(msg, &mut buf).expect("a decoded message must re-encode");
-    assert_eq!(&buf[..n], bytes, "decoded frame does not re-encode identically");
+    assert_eq!(
+        &buf[..n],
+        bytes,
+        "decoded frame does not re-encode identically"
+    );
     assert!(msg.validate().is_ok());
 }
 
@@ -61,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match dec.next_frame() {
                 Ok(Some(msg)) => {
-                    let expected = oneshot.get(incremental).expect("decoder found an extra frame");
+                    let expected = oneshot
+                        .get(incremental)
+                        .expect("decoder found an extra frame");
                     assert_canonical(&msg, expected);
                     incremental += 1;
                     now += 100;
