@@ -30,7 +30,7 @@
 //!   keyFile: certs/key.pem
 //!   caFile: certs/root-cert.pem
 //! identity:
-//!   spiffeId: spiffe://cluster.local/ns/istio-system/sa/meshgate  # the default
+//!   spiffeId: spiffe://cluster.local/ns/meshgate-system/sa/meshgate  # the default
 //!   certTtl: 24h                      # Go-style duration: 90m, 1h30m, 3600s (default 24h)
 //! services:                           # ServiceEntry specs with name/namespace inline
 //! - name: details
@@ -303,6 +303,9 @@ const DEFAULT_ADMIN: SocketAddr =
 const DEFAULT_LISTENER: SocketAddr =
     SocketAddr::new(IpAddr::V4(core::net::Ipv4Addr::LOCALHOST), 9080);
 const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Namespace of the gateway's own default identity,
+/// `spiffe://TD/ns/meshgate-system/sa/meshgate`.
+const GATEWAY_NAMESPACE: &str = "meshgate-system";
 const GATEWAY_SERVICE_ACCOUNT: &str = "meshgate";
 
 /// The embedded default configuration as YAML: what [`Settings::embedded_default`]
@@ -328,8 +331,8 @@ impl Settings {
     pub fn embedded_default() -> Settings {
         let trust_domain = default_trust_domain();
         // Constant input, checked by the `embedded_default_*` test.
-        let spiffe_id = default_spiffe_id(&trust_domain, DEFAULT_ROOT_NAMESPACE)
-            .expect("the default gateway SPIFFE ID is valid");
+        let spiffe_id =
+            default_spiffe_id(&trust_domain).expect("the default gateway SPIFFE ID is valid");
         Settings {
             identity: Identity {
                 spiffe_id,
@@ -479,12 +482,13 @@ fn default_trust_domain() -> OwnedTrustDomain {
     OwnedTrustDomain::parse(DEFAULT_TRUST_DOMAIN).expect("cluster.local is a valid trust domain")
 }
 
-/// `spiffe://TD/ns/NS/sa/meshgate`. Both parts are validated before this is
-/// called (trust domain by core, namespace as a DNS label, which is always
-/// a valid SPIFFE path segment), so parsing cannot fail.
-fn default_spiffe_id(td: &OwnedTrustDomain, root_ns: &str) -> Option<OwnedSpiffeId> {
+/// `spiffe://TD/ns/meshgate-system/sa/meshgate`: the gateway's own
+/// namespace, not the mesh root namespace, so that a mesh-wide policy author
+/// can tell the gateway's identity from istiod's. The trust domain is
+/// validated before this is called, so parsing cannot fail.
+fn default_spiffe_id(td: &OwnedTrustDomain) -> Option<OwnedSpiffeId> {
     OwnedSpiffeId::parse(&format!(
-        "spiffe://{td}/ns/{root_ns}/sa/{GATEWAY_SERVICE_ACCOUNT}"
+        "spiffe://{td}/ns/{GATEWAY_NAMESPACE}/sa/{GATEWAY_SERVICE_ACCOUNT}"
     ))
     .ok()
 }
@@ -674,12 +678,14 @@ fn decode_settings(
             });
         }
     }
-    match default_spiffe_id(&s.trust_domain, &s.root_namespace) {
+    match default_spiffe_id(&s.trust_domain) {
         Some(id) => s.identity.spiffe_id = id,
         None => r.issue(
             root.at,
             "identity.spiffeId",
-            ErrorKind::Invalid("the default gateway SPIFFE ID is not valid for this trust domain and root namespace".into()),
+            ErrorKind::Invalid(
+                "the default gateway SPIFFE ID is not valid for this trust domain".into(),
+            ),
         ),
     }
     if let Some(n) = f.get("identity")

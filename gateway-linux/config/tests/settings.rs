@@ -64,7 +64,7 @@ fn embedded_default_is_valid_and_matches_its_yaml() {
     assert!(d.listeners.iter().all(|l| l.address.ip().is_loopback()));
     assert_eq!(
         d.identity.spiffe_id.to_string(),
-        "spiffe://cluster.local/ns/istio-system/sa/meshgate"
+        "spiffe://cluster.local/ns/meshgate-system/sa/meshgate"
     );
     assert_eq!(d.identity.cert_ttl, Duration::from_secs(86_400));
     let parsed = Settings::parse("embedded", EMBEDDED_DEFAULT_YAML, Path::new(""))
