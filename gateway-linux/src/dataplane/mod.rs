@@ -1,1 +1,264 @@
-//! The data plane: inbound listeners, TLS termination, admission, authorization and proxying (owned by the data-plane engineer).
+//! The data plane: inbound listeners, TLS termination, admission,
+//! authorization and proxying.
+//!
+//! The control plane owns configuration and identity and publishes them in
+//! two `ArcSwap`s; the data plane only reads them:
+//! - [`Snapshot`] (routing table + compiled policies), loaded once per
+//!   connection (TLS configuration) and once per HTTP request (decision);
+//! - [`Identity`] (gateway certificate, key, trust bundle and the TLS
+//!   configurations derived from them), loaded per handshake.
+//!
+//! Module map:
+//! - `listener` logic lives here ([`DataPlane::spawn_listener`]): accept
+//!   loop with a connection limit (backpressure) and graceful drain;
+//! - [`inbound`]: sniffing, ClientHello/SNI routing, mode → handshake;
+//! - [`http_proxy`]: per-request admission + authorization, XFCC, proxying;
+//! - [`tcp_proxy`]: TCP and DISABLE passthrough;
+//! - [`outbound`]: upstream connections, mTLS origination, secure naming;
+//! - [`identity`], [`peer`]: certificates, verifiers, SPIFFE IDs;
+//! - [`xfcc`], [`access_log`], [`metrics`]: what upstreams, logs and
+//!   Prometheus see.
+// Until `meshgate serve` constructs the data plane, its items are only
+// reachable from tests.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
+pub(crate) mod access_log;
+mod http_proxy;
+pub(crate) mod identity;
+mod inbound;
+pub(crate) mod metrics;
+mod outbound;
+mod peer;
+mod prefixed;
+pub(crate) mod snapshot;
+mod tcp_proxy;
+mod xfcc;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+pub(crate) use access_log::{AccessEntry, AccessLog, AccessLogSink};
+pub(crate) use identity::{Identity, IdentityError, Protocol};
+
+pub(crate) use metrics::PlaintextClient;
+pub(crate) use snapshot::{Snapshot, SnapshotError};
+
+/// Tunables of the data plane.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Most inbound connections open at once; further clients wait in the
+    /// kernel's accept queue (backpressure) instead of being served badly.
+    pub(crate) max_connections: usize,
+    /// Time allowed for a complete ClientHello / TLS handshake / HTTP
+    /// request head.
+    pub(crate) head_timeout: Duration,
+    /// Time allowed to connect (and handshake) to an upstream.
+    pub(crate) upstream_connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            head_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One listener's role, from the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerSpec {
+    /// Name for logs.
+    pub(crate) name: String,
+    /// The configured port: requests that name no port are routed to the
+    /// service port with this number.
+    pub(crate) port: u16,
+    /// HTTP (per-request decisions) or TCP (one per connection).
+    pub(crate) protocol: Protocol,
+    /// TCP listeners: the host of the service connections go to.
+    pub(crate) service: Option<String>,
+}
+
+impl ListenerSpec {
+    /// From the settings' listener.
+    pub(crate) fn from_config(l: &meshgate_config::settings::Listener) -> Self {
+        Self {
+            name: l.name.clone(),
+            port: l.address.port(),
+            protocol: match l.protocol {
+                meshgate_config::settings::ListenerProtocol::Http => Protocol::Http,
+                meshgate_config::settings::ListenerProtocol::Tcp => Protocol::Tcp,
+            },
+            service: l.service.clone(),
+        }
+    }
+}
+
+/// State shared by every listener and connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    identity: Arc<ArcSwap<Identity>>,
+    options: Options,
+    metrics: metrics::Metrics,
+    access_log: AccessLog,
+    limit: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    active: AtomicUsize,
+}
+
+/// The handle the control plane holds.
+#[derive(Debug, Clone)]
+pub(crate) struct DataPlane {
+    shared: Arc<Shared>,
+}
+
+/// Counts a connection as in flight until dropped.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.connection_closed();
+    }
+}
+
+impl DataPlane {
+    /// Creates the data plane over the control plane's published snapshot
+    /// and identity.
+    pub(crate) fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        identity: Arc<ArcSwap<Identity>>,
+        options: Options,
+        access_log: AccessLogSink,
+    ) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+        Self {
+            shared: Arc::new(Shared {
+                snapshot,
+                identity,
+                options,
+                metrics: metrics::Metrics::default(),
+                access_log: AccessLog::new(access_log),
+                limit,
+                shutdown,
+                active: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Binds `addr` and serves it (see [`Self::spawn_listener`]). Returns
+    /// the bound address (useful with port 0).
+    pub(crate) async fn bind(
+        &self,
+        addr: SocketAddr,
+        spec: ListenerSpec,
+    ) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((local, self.spawn_listener(listener, spec)))
+    }
+
+    /// Serves an already bound listener until [`Self::drain`]. A connection
+    /// permit is taken *before* accepting, so at the limit new clients wait
+    /// in the kernel's backlog rather than being accepted and starved.
+    pub(crate) fn spawn_listener(
+        &self,
+        listener: TcpListener,
+        spec: ListenerSpec,
+    ) -> JoinHandle<()> {
+        let shared = self.shared.clone();
+        let spec = Arc::new(spec);
+        tokio::spawn(async move {
+            let mut shutdown = shared.shutdown.subscribe();
+            loop {
+                let permit = tokio::select! {
+                    () = stop_requested(&mut shutdown) => break,
+                    p = shared.limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let (stream, source) = tokio::select! {
+                    () = stop_requested(&mut shutdown) => break,
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(listener = %spec.name, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                shared.active.fetch_add(1, Ordering::AcqRel);
+                shared.metrics.connection_opened();
+                let guard = ConnGuard {
+                    shared: shared.clone(),
+                    _permit: permit,
+                };
+                let (shared, spec) = (shared.clone(), spec.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    inbound::handle(shared, spec, stream, source).await;
+                });
+            }
+            tracing::info!(listener = %spec.name, "listener stopped accepting");
+        })
+    }
+
+    /// Stops accepting, asks HTTP connections to finish their in-flight
+    /// requests and close, and waits up to `deadline` for every connection
+    /// to end. Returns how many were still open at the deadline.
+    pub(crate) async fn drain(&self, deadline: Duration) -> usize {
+        self.shared.shutdown.send_replace(true);
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let open = self.active_connections();
+            if open == 0 || tokio::time::Instant::now() >= until {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Inbound connections currently open.
+    pub(crate) fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// The Prometheus text exposition of the data plane's metrics.
+    pub(crate) fn render_metrics(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Plaintext clients recently seen per destination namespace, most
+    /// recent first (what switching a namespace to STRICT would cut off).
+    pub(crate) fn plaintext_clients(&self) -> Vec<(String, Vec<PlaintextClient>)> {
+        self.shared.metrics.plaintext_clients()
+    }
+
+    /// The most recent access-log entries, oldest first.
+    pub(crate) fn recent_access_log(&self) -> Vec<AccessEntry> {
+        self.shared.access_log.recent()
+    }
+}
+
+/// Resolves once a drain has been requested (or the sender is gone). The
+/// watch guard is dropped inside, so callers' futures stay `Send`.
+pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

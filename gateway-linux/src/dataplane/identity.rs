@@ -1,0 +1,429 @@
+//! The gateway's own identity and the TLS configurations derived from it.
+//!
+//! An [`Identity`] is the gateway's certificate chain (its leaf carries
+//! `spiffe://<td>/ns/<ns>/sa/<sa>`), private key and the mesh trust bundle.
+//! The control plane fills it (from files, later from the built-in CA) and
+//! publishes it through an `Arc<ArcSwap<Identity>>`; every new handshake
+//! reads the current one, so certificate and trust-bundle rotation needs no
+//! restart and never touches established connections.
+//!
+//! Everything TLS-specific that depends on the identity is built once here,
+//! when the identity is created, instead of per connection:
+//! - the inbound server configurations for STRICT (client certificate
+//!   mandatory, so rustls answers a certificate-less TLS 1.3 client with
+//!   alert 116 `certificate_required`) and PERMISSIVE (optional), each with
+//!   and without HTTP ALPN;
+//! - the client-certificate verifier, which chains to the trust bundle and
+//!   additionally requires exactly one SPIFFE URI SAN in the mesh trust
+//!   domain, so a certificate from another trust domain fails the handshake;
+//! - outbound client configurations that verify the upstream's SPIFFE ID
+//!   (secure naming) instead of a DNS name.
+
+use std::sync::Arc;
+
+use meshgate_core::spiffe::{OwnedSpiffeId, OwnedTrustDomain};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use super::peer::{self, PeerIdError};
+
+/// Why an identity could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdentityError {
+    /// No certificate in the chain.
+    #[error("the certificate chain is empty")]
+    EmptyChain,
+    /// No root in the trust bundle.
+    #[error("the trust bundle is empty")]
+    EmptyTrustBundle,
+    /// PEM input did not contain the expected item.
+    #[error("PEM input for {what} is invalid: {detail}")]
+    Pem {
+        /// Which input.
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A trust-bundle certificate was rejected as a trust anchor.
+    #[error("trust bundle certificate rejected: {0}")]
+    BadRoot(rustls::Error),
+    /// The private key could not be loaded or does not match the leaf.
+    #[error("private key unusable: {0}")]
+    BadKey(rustls::Error),
+    /// The gateway's own leaf has no usable SPIFFE ID.
+    #[error("gateway certificate: {0}")]
+    OwnId(PeerIdError),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(rustls::server::VerifierBuilderError),
+}
+
+/// Whether the listener carries HTTP (ALPN h2/http1.1) or opaque TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 and HTTP/2.
+    Http,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// The gateway's certificate, key and trust bundle, plus derived TLS
+/// configurations. Immutable: rotation publishes a new one.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    spiffe_id: OwnedSpiffeId,
+    trust_domain: OwnedTrustDomain,
+    certified: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    server_required_http: Arc<ServerConfig>,
+    server_required_tcp: Arc<ServerConfig>,
+    server_optional_http: Arc<ServerConfig>,
+    server_optional_tcp: Arc<ServerConfig>,
+}
+
+/// ALPN ids offered to HTTP clients, h2 first as Envoy does.
+const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+impl Identity {
+    /// Builds an identity from DER: `chain[0]` is the gateway's leaf.
+    pub(crate) fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, IdentityError> {
+        let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
+        if roots.is_empty() {
+            return Err(IdentityError::EmptyTrustBundle);
+        }
+        // The gateway's own SPIFFE ID defines the mesh trust domain that
+        // its TLS layer accepts; its trust domain check cannot be skipped.
+        let uri = peer::single_uri_san(leaf).map_err(IdentityError::OwnId)?;
+        let spiffe_id = OwnedSpiffeId::parse(&uri)
+            .map_err(|e| IdentityError::OwnId(PeerIdError::NotSpiffe(e)))?;
+        let trust_domain = spiffe_id.borrow().trust_domain().to_owned();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).map_err(IdentityError::BadRoot)?;
+        }
+        let roots = Arc::new(store);
+
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(IdentityError::BadKey)?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().map_err(IdentityError::BadKey)?;
+        let certified = Arc::new(certified);
+
+        let verifier = |mandatory: bool| -> Result<Arc<dyn ClientCertVerifier>, IdentityError> {
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let builder = if mandatory {
+                builder
+            } else {
+                builder.allow_unauthenticated()
+            };
+            let inner = builder.build().map_err(IdentityError::Verifier)?;
+            Ok(Arc::new(SpiffeClientVerifier {
+                inner,
+                trust_domain: trust_domain.clone(),
+            }))
+        };
+        let required = verifier(true)?;
+        let optional = verifier(false)?;
+        let server = |v: &Arc<dyn ClientCertVerifier>, http: bool| {
+            let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(IdentityError::Config)?
+                .with_client_cert_verifier(v.clone())
+                .with_cert_resolver(Arc::new(FixedServerCert(certified.clone())));
+            if http {
+                cfg.alpn_protocols = HTTP_ALPN.iter().map(|p| p.to_vec()).collect();
+            }
+            Ok::<_, IdentityError>(Arc::new(cfg))
+        };
+        Ok(Self {
+            server_required_http: server(&required, true)?,
+            server_required_tcp: server(&required, false)?,
+            server_optional_http: server(&optional, true)?,
+            server_optional_tcp: server(&optional, false)?,
+            spiffe_id,
+            trust_domain,
+            certified,
+            roots,
+            provider,
+        })
+    }
+
+    /// Builds an identity from PEM text (certificate chain, PKCS#8/SEC1
+    /// key, trust bundle), as found in Istio's `cacerts`-style files.
+    pub(crate) fn from_pem(
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        roots_pem: &[u8],
+    ) -> Result<Self, IdentityError> {
+        let certs = |what: &'static str, mut pem: &[u8]| {
+            rustls_pemfile::certs(&mut pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| IdentityError::Pem {
+                    what,
+                    detail: e.to_string(),
+                })
+        };
+        let chain = certs("certificate chain", chain_pem)?;
+        let roots = certs("trust bundle", roots_pem)?;
+        let mut key_pem = key_pem;
+        let key = rustls_pemfile::private_key(&mut key_pem)
+            .map_err(|e| IdentityError::Pem {
+                what: "private key",
+                detail: e.to_string(),
+            })?
+            .ok_or(IdentityError::Pem {
+                what: "private key",
+                detail: "no private key found".to_owned(),
+            })?;
+        Self::new(chain, key, &roots)
+    }
+
+    /// The gateway's SPIFFE ID (the XFCC `By=` element).
+    pub(crate) fn spiffe_id(&self) -> &OwnedSpiffeId {
+        &self.spiffe_id
+    }
+
+    /// The mesh trust domain (the gateway's own).
+    pub(crate) fn trust_domain(&self) -> &OwnedTrustDomain {
+        &self.trust_domain
+    }
+
+    /// The inbound server configuration: client certificate required
+    /// (STRICT) or optional (PERMISSIVE), for an HTTP or TCP listener.
+    pub(crate) fn server_config(
+        &self,
+        cert_required: bool,
+        protocol: Protocol,
+    ) -> Arc<ServerConfig> {
+        match (cert_required, protocol) {
+            (true, Protocol::Http) => self.server_required_http.clone(),
+            (true, Protocol::Tcp) => self.server_required_tcp.clone(),
+            (false, Protocol::Http) => self.server_optional_http.clone(),
+            (false, Protocol::Tcp) => self.server_optional_tcp.clone(),
+        }
+    }
+
+    /// An outbound configuration presenting the gateway's certificate and
+    /// accepting only an upstream whose certificate chains to the trust
+    /// bundle and carries one of `expected` as its SPIFFE ID.
+    pub(crate) fn client_config(
+        &self,
+        expected: Vec<OwnedSpiffeId>,
+        protocol: Protocol,
+    ) -> Result<Arc<ClientConfig>, IdentityError> {
+        let verifier = Arc::new(SecureNamingVerifier {
+            roots: self.roots.clone(),
+            provider: self.provider.clone(),
+            expected,
+        });
+        let mut cfg = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(IdentityError::Config)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(FixedClientCert(self.certified.clone())));
+        if protocol == Protocol::Http {
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Serves the identity's certificate to every client. The resolver is
+/// fixed because a rotation publishes a whole new [`Identity`] (the trust
+/// bundle and verifiers change with it).
+#[derive(Debug)]
+struct FixedServerCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Presents the gateway's certificate to mesh upstreams.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The inbound client-certificate verifier: rustls' WebPKI verifier (chain
+/// to the trust bundle, clientAuth usage, validity) plus the SPIFFE check:
+/// exactly one URI SAN, a `/ns/<ns>/sa/<sa>` ID in the mesh trust domain.
+/// Doing the SPIFFE check here, not only after the handshake, makes a
+/// certificate from another trust domain a handshake failure (bad
+/// certificate alert), as Istio behaves.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: OwnedTrustDomain,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match peer::check_workload_id(end_entity, self.trust_domain.borrow()) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(e) => {
+                tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Secure naming for mesh upstreams: the server certificate must chain to
+/// the trust bundle and carry exactly the SPIFFE ID of the service account
+/// the service is declared to run as. The DNS name the gateway dialled is
+/// deliberately ignored: mesh certificates carry no DNS names, and the
+/// SPIFFE ID is a stronger statement of who the upstream is.
+#[derive(Debug)]
+struct SecureNamingVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    expected: Vec<OwnedSpiffeId>,
+}
+
+impl ServerCertVerifier for SecureNamingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let presented = peer::single_uri_san(end_entity).map_err(|e| {
+            tracing::warn!(expected = ?self.expected, error = %e, "secure naming: upstream certificate has no usable SPIFFE ID");
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        let matches = OwnedSpiffeId::parse(&presented).is_ok_and(|id| self.expected.contains(&id));
+        if matches {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::warn!(expected = ?self.expected, presented = %presented, "secure naming: upstream presented the wrong SPIFFE ID");
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

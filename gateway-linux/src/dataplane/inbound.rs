@@ -1,0 +1,408 @@
+//! One inbound connection, from accept to the proxy that serves it.
+//!
+//! 1. Read the first bytes (bounded by the head timeout) and sniff them:
+//!    `0x16 0x03` is a TLS record, anything else plaintext (core `sniff`).
+//! 2. TLS: read the whole ClientHello into rustls' [`Acceptor`] while
+//!    keeping the raw bytes, route by SNI, resolve the effective mode. For
+//!    DISABLE the raw bytes go to the upstream untouched; otherwise the
+//!    handshake continues with the configuration for the mode (client
+//!    certificate required for STRICT, so rustls itself sends TLS 1.3 alert
+//!    116 `certificate_required`; optional for PERMISSIVE). A handshake
+//!    failure is counted and logged with its reason.
+//! 3. Hand the connection to the HTTP proxy (per-request decisions) or the
+//!    TCP proxy (one decision for the connection).
+//!
+//! Nothing here trusts the peer: every read is bounded in size and time,
+//! and every error ends only this connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use meshgate_core::mtls::{EffectiveMode, Sniffed, sniff};
+use rustls::server::Acceptor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::StartHandshake;
+
+use super::access_log::{AccessEntry, now_rfc3339};
+use super::http_proxy::{self, ConnContext, ConnSecurity, duration_ms};
+use super::identity::Protocol;
+use super::metrics::DecisionLabels;
+use super::peer;
+use super::prefixed::Prefixed;
+use super::snapshot::{ModeDecision, Route, Snapshot};
+use super::tcp_proxy::{self, TcpKind};
+use super::{ListenerSpec, Shared};
+
+/// The most bytes read while looking for a complete ClientHello. rustls
+/// limits a handshake message to 64 KiB; a legitimate ClientHello is far
+/// smaller.
+const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024 + 5;
+
+/// Serves one accepted connection to completion.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerSpec>,
+    mut stream: TcpStream,
+    source: SocketAddr,
+) {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + shared.options.head_timeout;
+    let snapshot = shared.snapshot.load_full();
+    let _ = stream.set_nodelay(true);
+
+    let mut buf = BytesMut::with_capacity(2048);
+    let kind = loop {
+        match sniff(&buf) {
+            Sniffed::NeedMore => {}
+            other => break other,
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return, // closed before sending anything
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%source, error = %e, "read failed before first bytes");
+                return;
+            }
+            Err(_) => {
+                refused(
+                    &shared,
+                    &snapshot,
+                    source,
+                    None,
+                    "unknown",
+                    "head_timeout",
+                    started,
+                );
+                return;
+            }
+        }
+    };
+
+    let ctx = |security, sni: Option<&str>| {
+        Arc::new(ConnContext {
+            shared: shared.clone(),
+            listener: listener.clone(),
+            source,
+            security,
+            sni: sni.map(str::to_owned),
+        })
+    };
+    if kind == Sniffed::Plaintext {
+        let io = Prefixed::new(buf.freeze(), stream);
+        match listener.protocol {
+            Protocol::Http => http_proxy::serve(io, None, ctx(ConnSecurity::Plaintext, None)).await,
+            Protocol::Tcp => {
+                let Some(route) = tcp_route(&snapshot, &listener, None) else {
+                    refused(
+                        &shared,
+                        &snapshot,
+                        source,
+                        None,
+                        "plaintext",
+                        "no_route",
+                        started,
+                    );
+                    return;
+                };
+                let mode = snapshot.mode(&route);
+                let kind = if mode.mode == EffectiveMode::Disable {
+                    TcpKind::Passthrough
+                } else {
+                    TcpKind::Terminated
+                };
+                let c = ctx(ConnSecurity::Plaintext, None);
+                tcp_proxy::serve(io, c, snapshot, route, mode, kind, started).await;
+            }
+        }
+        return;
+    }
+
+    // TLS: collect the ClientHello, keeping the raw bytes for passthrough.
+    let mut acceptor = Acceptor::default();
+    let mut fed = 0;
+    let accepted = loop {
+        if let Err(e) = feed(&mut acceptor, &buf[fed..]) {
+            tracing::debug!(%source, error = %e, "unreadable TLS records");
+            handshake_failed(
+                &shared,
+                &snapshot,
+                source,
+                None,
+                "bad_client_hello",
+                started,
+            );
+            return;
+        }
+        fed = buf.len();
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                tracing::debug!(%source, error = %e, "invalid ClientHello");
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = stream.write_all(&out).await;
+                handshake_failed(
+                    &shared,
+                    &snapshot,
+                    source,
+                    None,
+                    "bad_client_hello",
+                    started,
+                );
+                return;
+            }
+        }
+        if buf.len() >= MAX_CLIENT_HELLO_BYTES {
+            handshake_failed(
+                &shared,
+                &snapshot,
+                source,
+                None,
+                "client_hello_too_large",
+                started,
+            );
+            return;
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                handshake_failed(&shared, &snapshot, source, None, "client_closed", started);
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                handshake_failed(
+                    &shared,
+                    &snapshot,
+                    source,
+                    None,
+                    "handshake_timeout",
+                    started,
+                );
+                return;
+            }
+        }
+    };
+
+    let sni = accepted.client_hello().server_name().map(str::to_owned);
+    let route = match listener.protocol {
+        Protocol::Http => sni
+            .as_deref()
+            .and_then(|s| snapshot.route(s, listener.port)),
+        Protocol::Tcp => tcp_route(&snapshot, &listener, sni.as_deref()),
+    };
+    let mode: Option<ModeDecision> = route.as_ref().map(|r| snapshot.mode(r));
+    let effective = match (&mode, listener.protocol) {
+        (Some(m), _) => m.mode,
+        // Without a known SNI the destination is decided per request by
+        // Host; require a certificate if any reachable port is STRICT, so
+        // a missing SNI cannot be used to dodge STRICT.
+        (None, Protocol::Http) => snapshot.strictest_mode(listener.port),
+        (None, Protocol::Tcp) => {
+            refused(&shared, &snapshot, source, None, "tls", "no_route", started);
+            return;
+        }
+    };
+    if let (Some(route), Some(mode), EffectiveMode::Disable) = (&route, &mode, effective) {
+        // DISABLE: do not terminate; the client's TLS goes to the upstream.
+        let io = Prefixed::new(buf.freeze(), stream);
+        let c = ctx(ConnSecurity::Plaintext, sni.as_deref());
+        tcp_proxy::serve(
+            io,
+            c,
+            snapshot.clone(),
+            route.clone(),
+            mode.clone(),
+            TcpKind::Passthrough,
+            started,
+        )
+        .await;
+        return;
+    }
+    let identity = shared.identity.load_full();
+    let config = identity.server_config(effective == EffectiveMode::Strict, listener.protocol);
+    let hs_started = Instant::now();
+    let handshake = StartHandshake::from_parts(accepted, stream).into_stream(config);
+    let tls = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = classify_handshake_error(&e);
+            tracing::debug!(%source, sni = ?sni, error = %e, reason, "TLS handshake failed");
+            handshake_failed(&shared, &snapshot, source, route.as_ref(), reason, started);
+            return;
+        }
+        Err(_) => {
+            handshake_failed(
+                &shared,
+                &snapshot,
+                source,
+                route.as_ref(),
+                "handshake_timeout",
+                started,
+            );
+            return;
+        }
+    };
+    shared.metrics.handshake_done(hs_started.elapsed());
+    let (_, conn) = tls.get_ref();
+    let peer = match conn.peer_certificates().and_then(|c| c.first()) {
+        None => None,
+        Some(leaf) => match peer::peer_of(leaf) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // The verifier already requires a SPIFFE ID; reaching this
+                // means the certificate changed meaning between the two
+                // parses, so refuse rather than guess.
+                tracing::warn!(%source, error = %e, "verified client certificate without SPIFFE ID");
+                handshake_failed(
+                    &shared,
+                    &snapshot,
+                    source,
+                    route.as_ref(),
+                    "no_spiffe_id",
+                    started,
+                );
+                return;
+            }
+        },
+    };
+    let h2 = conn.alpn_protocol() == Some(b"h2".as_slice());
+    let security = ConnSecurity::Tls { peer };
+    match (listener.protocol, route, mode) {
+        (Protocol::Tcp, Some(route), Some(mode)) => {
+            tcp_proxy::serve(
+                tls,
+                ctx(security, sni.as_deref()),
+                snapshot,
+                route,
+                mode,
+                TcpKind::Terminated,
+                started,
+            )
+            .await;
+        }
+        (Protocol::Tcp, _, _) => {
+            refused(&shared, &snapshot, source, None, "tls", "no_route", started);
+        }
+        (Protocol::Http, _, _) => {
+            let c = ctx(security, sni.as_deref());
+            shared.metrics.connection(DecisionLabels {
+                destination: "-".to_owned(),
+                security: if c.security.peer().is_some() {
+                    "mutual_tls"
+                } else {
+                    "none"
+                },
+                decision: "allow",
+                reason: "tls_established".to_owned(),
+            });
+            http_proxy::serve(tls, Some(h2), c).await;
+        }
+    }
+}
+
+/// The route of a TCP listener: its configured service, else SNI.
+fn tcp_route(snapshot: &Snapshot, listener: &ListenerSpec, sni: Option<&str>) -> Option<Route> {
+    listener
+        .service
+        .as_deref()
+        .or(sni)
+        .and_then(|h| snapshot.route(h, listener.port))
+}
+
+/// Feeds newly read bytes to the ClientHello acceptor.
+fn feed(acceptor: &mut Acceptor, mut new: &[u8]) -> io::Result<()> {
+    while !new.is_empty() {
+        if acceptor.read_tls(&mut new)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS buffer full before ClientHello completed",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A short, fixed-vocabulary reason for a failed handshake.
+fn classify_handshake_error(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => "client_closed",
+            _ => "io_error",
+        };
+    };
+    match err {
+        Error::NoCertificatesPresented => "certificate_required",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+            "bad_spiffe_id"
+        }
+        Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => "certificate_expired",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::PeerIncompatible(_) => "incompatible_client",
+        Error::AlertReceived(_) => "client_alert",
+        _ => "handshake_error",
+    }
+}
+
+fn handshake_failed(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    source: SocketAddr,
+    route: Option<&Route>,
+    reason: &'static str,
+    started: Instant,
+) {
+    shared.metrics.handshake_failure(reason);
+    refused(shared, snapshot, source, route, "tls", reason, started);
+}
+
+/// Logs and counts a connection refused before any request.
+fn refused(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    source: SocketAddr,
+    route: Option<&Route>,
+    transport: &'static str,
+    reason: &'static str,
+    started: Instant,
+) {
+    let destination = route.map_or_else(|| "-".to_owned(), Route::destination);
+    let mode = route.map_or("-", |r| snapshot.mode(r).mode.as_str());
+    shared.metrics.connection(DecisionLabels {
+        destination: destination.clone(),
+        security: "none",
+        decision: "deny",
+        reason: reason.to_owned(),
+    });
+    shared.access_log.record(AccessEntry {
+        time: now_rfc3339(),
+        kind: "connection",
+        source: source.to_string(),
+        principal: "-".to_owned(),
+        security: "none",
+        transport,
+        destination,
+        mode,
+        decision: "deny",
+        reason: reason.to_owned(),
+        policy: "-".to_owned(),
+        method: None,
+        path: None,
+        status: 0,
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration_ms: duration_ms(started.elapsed()),
+        generation: snapshot.generation(),
+    });
+}

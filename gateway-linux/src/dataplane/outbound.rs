@@ -1,0 +1,184 @@
+//! Connections from the gateway to a service's endpoints.
+//!
+//! Legacy upstreams get plaintext TCP. Mesh upstreams get mTLS originated
+//! with the gateway's identity, and the upstream must present one of the
+//! SPIFFE IDs the endpoint is declared to run as (secure naming, see
+//! `identity::SecureNamingVerifier`); anything else is refused with
+//! [`UpstreamError::SecureNaming`], logged, and never retried against
+//! another endpoint, because it is a security signal, not an outage.
+
+use std::io;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::identity::{Identity, IdentityError, Protocol};
+use super::snapshot::{EndpointAddress, Route, UpstreamSecurity};
+
+/// Any bidirectional byte stream to an upstream.
+pub(crate) trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
+
+/// Why no upstream connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The service port has no endpoints.
+    #[error("no healthy upstream: {service} has no endpoints")]
+    NoEndpoints {
+        /// The destination.
+        service: String,
+    },
+    /// Every endpoint refused or timed out.
+    #[error(
+        "no healthy upstream: {tried} endpoint(s) of {service} unreachable (last error: {last})"
+    )]
+    Unreachable {
+        /// The destination.
+        service: String,
+        /// How many endpoints were tried.
+        tried: usize,
+        /// The last connect error.
+        last: io::Error,
+    },
+    /// The upstream's certificate did not carry an expected SPIFFE ID (or
+    /// did not chain to the trust bundle).
+    #[error("upstream {endpoint} failed secure naming (expected {expected}): {detail}")]
+    SecureNaming {
+        /// The endpoint dialled.
+        endpoint: String,
+        /// The SPIFFE IDs accepted.
+        expected: String,
+        /// What the TLS layer reported.
+        detail: String,
+    },
+    /// The mTLS handshake failed for another reason.
+    #[error("upstream {endpoint} TLS handshake failed: {detail}")]
+    Tls {
+        /// The endpoint dialled.
+        endpoint: String,
+        /// What the TLS layer reported.
+        detail: String,
+    },
+    /// The gateway's identity could not produce a client configuration.
+    #[error("gateway identity unusable for mTLS origination: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+impl UpstreamError {
+    /// A short reason for logs and metrics.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::NoEndpoints { .. } | UpstreamError::Unreachable { .. } => {
+                "no_healthy_upstream"
+            }
+            UpstreamError::SecureNaming { .. } => "upstream_secure_naming_failed",
+            UpstreamError::Tls { .. } => "upstream_tls_failed",
+            UpstreamError::Identity(_) => "gateway_identity_unusable",
+        }
+    }
+}
+
+async fn tcp_connect(address: &EndpointAddress) -> io::Result<TcpStream> {
+    match address {
+        EndpointAddress::Ip(a) => TcpStream::connect(a).await,
+        EndpointAddress::Dns(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+    }
+}
+
+/// Connects to one endpoint of `route`, trying endpoints in turn until one
+/// accepts the TCP connection. With `passthrough` (DISABLE: the client's
+/// own TLS goes through untouched) no mTLS is originated even to a mesh
+/// endpoint. Returns the stream and the endpoint's display address.
+pub(crate) async fn connect(
+    route: &Route,
+    identity: &Identity,
+    protocol: Protocol,
+    connect_timeout: Duration,
+    passthrough: bool,
+) -> Result<(Box<dyn UpstreamIo>, String), UpstreamError> {
+    let service = route.destination();
+    let mut tried = 0;
+    let mut last = None;
+    for endpoint in route.endpoints_in_turn() {
+        tried += 1;
+        let shown = endpoint.address.to_string();
+        let tcp = match tokio::time::timeout(connect_timeout, tcp_connect(&endpoint.address)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %shown, error = %e, "upstream connect failed");
+                last = Some(e);
+                continue;
+            }
+            Err(_) => {
+                last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn UpstreamIo> = match endpoint.upstream {
+            UpstreamSecurity::Mesh { identities } if !passthrough => {
+                let expected = identities
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                let config = identity.client_config(identities, protocol)?;
+                let name = route
+                    .service
+                    .spec
+                    .hosts
+                    .first()
+                    .and_then(|h| ServerName::try_from(h.clone()).ok())
+                    .or_else(|| {
+                        tcp.peer_addr()
+                            .ok()
+                            .map(|a| ServerName::IpAddress(a.ip().into()))
+                    })
+                    .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                let handshake = TlsConnector::from(config).connect(name, tcp);
+                match tokio::time::timeout(connect_timeout, handshake).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => return Err(classify_tls_error(shown, expected, &e)),
+                    Err(_) => {
+                        return Err(UpstreamError::Tls {
+                            endpoint: shown,
+                            detail: "handshake timed out".to_owned(),
+                        });
+                    }
+                }
+            }
+            _ => Box::new(tcp),
+        };
+        return Ok((io, shown));
+    }
+    Err(match last {
+        None => UpstreamError::NoEndpoints { service },
+        Some(last) => UpstreamError::Unreachable {
+            service,
+            tried,
+            last,
+        },
+    })
+}
+
+fn classify_tls_error(endpoint: String, expected: String, e: &io::Error) -> UpstreamError {
+    let detail = e.to_string();
+    let rustls_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_err {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            tracing::warn!(%endpoint, %expected, %detail, "refusing upstream: secure naming failed");
+            UpstreamError::SecureNaming {
+                endpoint,
+                expected,
+                detail,
+            }
+        }
+        _ => UpstreamError::Tls { endpoint, detail },
+    }
+}
