@@ -129,7 +129,8 @@ impl Credentials {
     /// Trusts `root` (DER) for the enrollment connection. Enrollment
     /// replaces the roots with the bundle the gateway sends.
     pub fn with_bootstrap_root(mut self, root: &[u8]) -> Result<Self, CredsError> {
-        let list: BoundedList<&[u8], 1> = BoundedList::from_slice(&[root]).map_err(|_| CredsError::TooLarge)?;
+        let list: BoundedList<&[u8], 1> =
+            BoundedList::from_slice(&[root]).map_err(|_| CredsError::TooLarge)?;
         fill(&mut self.arena, &mut self.roots, &list)?;
         Ok(self)
     }

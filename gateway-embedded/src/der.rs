@@ -292,7 +292,13 @@ fn is_ca_inner(cert_der: &[u8]) -> Option<bool> {
         let (constraints, _) = read_tlv(value.content)?;
         // SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLen INTEGER OPTIONAL }
         let first = children(constraints.content).next().flatten();
-        return Some(matches!(first, Some(Tlv { tag: 0x01, content: [0xff] })));
+        return Some(matches!(
+            first,
+            Some(Tlv {
+                tag: 0x01,
+                content: [0xff]
+            })
+        ));
     }
     Some(false)
 }

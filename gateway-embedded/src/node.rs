@@ -33,8 +33,8 @@ use rand_core::CryptoRngCore;
 use crate::creds::{CredStore, SCRATCH_LEN, SlotStorage};
 use crate::log::{log_info, log_warn};
 use crate::tls::{self, GatewayVerifier, NodeCrypto};
-use crate::tunnel::{Backoff, Purpose, Tunnel, TunnelEvent};
 use crate::tunnel::NodeState;
+use crate::tunnel::{Backoff, Purpose, Tunnel, TunnelEvent};
 
 /// TCP receive buffer: one capped TLS record from the gateway and then some.
 pub const TCP_RX_LEN: usize = 4608;
@@ -211,18 +211,27 @@ pub async fn run_connection<R: CryptoRngCore>(
     let mut socket = TcpSocket::new(stack, &mut bufs.tcp_rx, &mut bufs.tcp_tx);
     socket.set_timeout(Some(Duration::from_secs(90)));
     let remote = (embassy_net::Ipv4Address::from(gw.ip), gw.port);
-    socket.connect(remote).await.map_err(|_| ConnectionError::Connect)?;
+    socket
+        .connect(remote)
+        .await
+        .map_err(|_| ConnectionError::Connect)?;
     log_info!("tcp connected to gateway");
     let (r, w) = socket.split();
     let (r, w) = (RefCell::new(r), RefCell::new(w));
     let duplex = Duplex { r: &r, w: &w };
     let mut tls = TlsConnection::new(duplex, &mut bufs.tls_rx, &mut bufs.tls_tx);
     {
-        let gateway_id = state.creds.gateway_id().ok_or(ConnectionError::Credentials)?;
+        let gateway_id = state
+            .creds
+            .gateway_id()
+            .ok_or(ConnectionError::Credentials)?;
         let verifier = GatewayVerifier::new(state.creds.roots(), gateway_id);
         let client = match (purpose, state.creds.leaf()) {
             (Purpose::Operate, Some(leaf)) => {
-                let key = state.creds.key().map_err(|_| ConnectionError::Credentials)?;
+                let key = state
+                    .creds
+                    .key()
+                    .map_err(|_| ConnectionError::Credentials)?;
                 Some((key, leaf))
             }
             _ => None,
@@ -321,7 +330,10 @@ pub async fn run_connection<R: CryptoRngCore>(
                 }
             }
             if len > 0 {
-                writer.write_all(&frames_out[..len]).await.map_err(ConnectionError::Tls)?;
+                writer
+                    .write_all(&frames_out[..len])
+                    .await
+                    .map_err(ConnectionError::Tls)?;
                 writer.flush().await.map_err(ConnectionError::Tls)?;
             }
             let (closed, deadline) = {

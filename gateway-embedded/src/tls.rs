@@ -104,7 +104,10 @@ impl TlsVerifier<CipherSuite> for GatewayVerifier<'_> {
     ) -> Result<(), TlsError> {
         self.inner = None;
         let mut entries = cert.entries.iter().map(entry_der);
-        let leaf = entries.next().flatten().ok_or(TlsError::InvalidCertificate)?;
+        let leaf = entries
+            .next()
+            .flatten()
+            .ok_or(TlsError::InvalidCertificate)?;
         pin::check_gateway_leaf(leaf, &self.gateway).map_err(|_| TlsError::InvalidCertificate)?;
         let mut above = Vec::<&[u8], 8>::new();
         for e in entries {
@@ -151,7 +154,11 @@ pub struct NodeCrypto<'a, R> {
 impl<'a, R: CryptoRngCore> NodeCrypto<'a, R> {
     /// Crypto for a handshake; `client` enables mTLS.
     pub fn new(rng: R, verifier: GatewayVerifier<'a>, client: Option<(NodeKey, &'a [u8])>) -> Self {
-        NodeCrypto { rng, verifier, client }
+        NodeCrypto {
+            rng,
+            verifier,
+            client,
+        }
     }
 }
 
@@ -169,12 +176,20 @@ impl<R: CryptoRngCore> CryptoProvider for NodeCrypto<'_, R> {
 
     fn signer(
         &mut self,
-    ) -> Result<(impl p256::ecdsa::signature::SignerMut<DerSignature>, SignatureScheme), TlsError> {
+    ) -> Result<
+        (
+            impl p256::ecdsa::signature::SignerMut<DerSignature>,
+            SignatureScheme,
+        ),
+        TlsError,
+    > {
         let (key, _) = self.client.as_ref().ok_or(TlsError::InvalidPrivateKey)?;
         Ok((key.signing_key(), SignatureScheme::EcdsaSecp256r1Sha256))
     }
 
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
-        self.client.as_ref().map(|(_, leaf)| Certificate::X509(*leaf))
+        self.client
+            .as_ref()
+            .map(|(_, leaf)| Certificate::X509(*leaf))
     }
 }
