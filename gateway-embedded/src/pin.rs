@@ -143,10 +143,28 @@ pub(crate) mod tests {
                 .to_vec()
         }
 
+        /// An end-entity certificate (not a CA) used as an issuer anyway:
+        /// returns its DER and an issuer for forging certificates with it.
+        pub(crate) fn rogue_intermediate(&self, uri: &str) -> (Vec<u8>, TestCa) {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, "edge-2");
+            params.subject_alt_names =
+                std::vec![SanType::URI(String::from(uri).try_into().unwrap())];
+            let der = params.signed_by(&key, &self.issuer).unwrap().der().to_vec();
+            let forger = TestCa {
+                cert_der: der.clone(),
+                issuer: Issuer::new(params, key),
+            };
+            (der, forger)
+        }
+
         /// A leaf with the given URI SANs; returns (cert DER, key PKCS#8 DER).
         pub(crate) fn leaf(&self, uris: &[&str]) -> (Vec<u8>, Vec<u8>) {
             let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
             let mut params = CertificateParams::default();
+            // Like meshgate-ca's SVIDs: empty subject, identity in the URI SAN.
+            params.distinguished_name = rcgen::DistinguishedName::new();
             params.subject_alt_names = uris
                 .iter()
                 .map(|u| SanType::URI(String::from(*u).try_into().unwrap()))
