@@ -15,12 +15,13 @@
 //! requests get hyper's `400` and a close; a request head over 64 KiB (or
 //! with too many header fields) gets `431`.
 
+use core::net::SocketAddr;
 use core::pin::Pin;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll};
-use std::net::SocketAddr;
+use core::time::Duration;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -51,7 +52,7 @@ const MAX_HEADERS: usize = 256;
 pub(crate) const RBAC_DENIED_BODY: &str = "RBAC: access denied";
 
 /// Boxed error of proxied bodies.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn core::error::Error + Send + Sync>;
 /// The body type of every response the proxy produces.
 type ProxyBody = BoxBody<Bytes, BoxError>;
 

@@ -15,8 +15,8 @@
 //! Nothing here trusts the peer: every read is bounded in size and time,
 //! and every error ends only this connection.
 
+use core::net::SocketAddr;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,13 +226,16 @@ pub(crate) async fn handle(
     let identity = shared.identity.load_full();
     let config = identity.server_config(effective == EffectiveMode::Strict, listener.protocol);
     let hs_started = Instant::now();
-    let handshake = StartHandshake::from_parts(accepted, stream).into_stream(config);
+    let handshake = StartHandshake::from_parts(accepted, stream)
+        .into_stream(config)
+        .into_fallible();
     let tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+        Ok(Err((e, io))) => {
             let reason = classify_handshake_error(&e);
             tracing::debug!(%source, sni = ?sni, error = %e, reason, "TLS handshake failed");
             handshake_failed(&shared, &snapshot, source, route.as_ref(), reason, started);
+            linger_close(io).await;
             return;
         }
         Err(_) => {
@@ -303,6 +306,26 @@ pub(crate) async fn handle(
             http_proxy::serve(tls, Some(h2), c).await;
         }
     }
+}
+
+/// How long a refused TLS client may keep sending before the socket is
+/// closed.
+const LINGER: core::time::Duration = core::time::Duration::from_secs(1);
+
+/// Closes a connection after a handshake failure without resetting it.
+/// rustls has already written the alert. In TLS 1.3 the client considers
+/// the handshake done and may already have sent its request; closing with
+/// that data unread would make the kernel send a RST, and the client would
+/// report "connection reset" instead of the alert (e.g. curl would never
+/// print "certificate required"). So: half-close, then discard what the
+/// client still sends for a short, bounded time.
+async fn linger_close(mut io: TcpStream) {
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The route of a TCP listener: its configured service, else SNI.

@@ -10,12 +10,13 @@
 //! before switching a namespace to STRICT: "who is still talking plaintext
 //! to it, and when were they last seen?"
 
+use core::fmt::Write as _;
+use core::net::IpAddr;
+use core::sync::atomic::{AtomicI64, Ordering};
+use core::time::Duration;
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Plaintext clients remembered per namespace; the oldest is forgotten
 /// first when a namespace sees more distinct clients than this.
@@ -162,7 +163,7 @@ impl Metrics {
                     .iter()
                     .map(|(ns, clients)| {
                         let mut list: Vec<PlaintextClient> = clients.values().copied().collect();
-                        list.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+                        list.sort_by_key(|c| core::cmp::Reverse(c.last_seen));
                         (ns.clone(), list)
                     })
                     .collect::<Vec<_>>()

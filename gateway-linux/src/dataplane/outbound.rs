@@ -7,8 +7,8 @@
 //! [`UpstreamError::SecureNaming`], logged, and never retried against
 //! another endpoint, because it is a security signal, not an outage.
 
+use core::time::Duration;
 use std::io;
-use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -138,7 +138,9 @@ pub(crate) async fn connect(
                             .ok()
                             .map(|a| ServerName::IpAddress(a.ip().into()))
                     })
-                    .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                    .unwrap_or_else(|| {
+                        ServerName::IpAddress(core::net::Ipv4Addr::LOCALHOST.into())
+                    });
                 let handshake = TlsConnector::from(config).connect(name, tcp);
                 match tokio::time::timeout(connect_timeout, handshake).await {
                     Ok(Ok(tls)) => Box::new(tls),

@@ -15,11 +15,11 @@
 //! when it has none). Every workload is still an endpoint, each with its own
 //! address, workload port and upstream security.
 
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use meshgate_config::settings::{Address, Service, UpstreamTls};
 use meshgate_core::mtls::EffectiveMode;
