@@ -244,6 +244,7 @@ pub(super) struct Gateway {
     pub(super) dp: DataPlane,
     pub(super) addr: SocketAddr,
     pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) identity: Arc<ArcSwap<Identity>>,
     pub(super) services: Vec<ServiceSpec>,
     pub(super) pki: Pki,
     pub(super) productpage: Leaf,
@@ -290,9 +291,10 @@ impl Gateway {
         let snapshot = Arc::new(ArcSwap::from_pointee(
             Snapshot::build(1, services.clone(), policies(yaml)).expect("snapshot"),
         ));
+        let identity = Arc::new(ArcSwap::from_pointee(identity));
         let dp = DataPlane::new(
             snapshot.clone(),
-            Arc::new(ArcSwap::from_pointee(identity)),
+            identity.clone(),
             options,
             AccessLogSink::Discard,
         );
@@ -316,6 +318,7 @@ impl Gateway {
             dp,
             addr,
             snapshot,
+            identity,
             services,
             pki,
             productpage,

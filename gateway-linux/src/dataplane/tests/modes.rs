@@ -281,3 +281,90 @@ spec:
         "{log:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_alpn_and_prior_knowledge() {
+    let (gw, seen) = details_gateway(PERMISSIVE_NS).await;
+    // The last `-w` wins: the "status" slot then carries the HTTP version.
+    let h2 = gw
+        .curl_mtls(
+            &gw.productpage,
+            DETAILS_HOST,
+            "/details/1",
+            &["--http2", "-w", "\n%{http_version}"],
+        )
+        .await;
+    assert_eq!(
+        (h2.status, h2.body.as_str()),
+        (2, "upstream:details"),
+        "{h2:?}"
+    );
+    assert!(seen.last()["x-forwarded-client-cert"].ends_with(&format!("URI={PRODUCTPAGE_ID}")));
+    let h2c = gw
+        .curl(
+            "http",
+            DETAILS_HOST,
+            "/details/1",
+            &["--http2-prior-knowledge"],
+        )
+        .await;
+    assert_eq!(
+        (h2c.status, h2c.body.as_str()),
+        (200, "upstream:details"),
+        "{h2c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_rotation_applies_to_new_handshakes_without_dropping_connections() {
+    let (gw, _seen) = details_gateway(PERMISSIVE_NS).await;
+    let mut kept = MtlsClient::connect(gw.addr, &gw.pki, &gw.productpage, DETAILS_HOST).await;
+    assert_eq!(kept.get("/").await, Ok(200));
+    let before = served_leaf(&gw).await;
+
+    let rotated = gw.pki.leaf("gateway-2", &[GATEWAY_ID], &[DETAILS_HOST]);
+    let identity = Identity::new(
+        vec![rotated.der.clone()],
+        rotated.key.clone_key(),
+        core::slice::from_ref(&gw.pki.ca_der),
+    )
+    .expect("rotated identity");
+    gw.identity.store(Arc::new(identity));
+
+    let after = served_leaf(&gw).await;
+    assert_ne!(before, after);
+    assert_eq!(after, rotated.der);
+    assert_eq!(
+        kept.get("/").await,
+        Ok(200),
+        "established connection survives rotation"
+    );
+}
+
+/// The leaf certificate the gateway serves to a new TLS client.
+async fn served_leaf(gw: &Gateway) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(gw.pki.ca_der.clone()).expect("root");
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(DETAILS_HOST).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("server cert")
+        .clone()
+        .into_owned()
+}
