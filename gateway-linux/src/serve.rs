@@ -7,6 +7,11 @@
 //! 3. the admin server, then `ready`;
 //! 4. wait for SIGTERM/SIGINT (stop) or SIGHUP (reload).
 //!
+//! The data plane's access log (one JSON line per request or connection)
+//! goes to standard output by default; the environment variable
+//! `MESHGATE_ACCESS_LOG` chooses another sink: `off` (only the admin API's
+//! in-memory recent list), `stdout`/`-`, or a file path (appended to).
+//!
 //! On stop, `/readyz` turns false at once (so a load balancer stops
 //! sending), listeners stop accepting, and in-flight requests get up to
 //! `--drain-timeout` to finish before the process exits 0.
@@ -16,12 +21,13 @@ use core::sync::atomic::Ordering;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use meshgate_ca::{
     CaConfig, CaSource, CertificateAuthority, FileStore, IssuedCertificate, LeafKey, Store,
 };
 use meshgate_config::error::ConfigErrors;
-use meshgate_config::settings::Settings;
+use meshgate_config::settings::{ListenerProtocol, Service, Settings};
+use rustls_pki_types::PrivateKeyDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -29,9 +35,12 @@ use tokio::sync::watch;
 use crate::admin::token::{AdminAuth, TOKEN_FILE, TokenError};
 use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
+use crate::dataplane;
 use crate::fsutil;
 use crate::identity::{IdentityError, IdentityManager, IdentitySink};
-use crate::state::{ChangeError, ControlPlane, MeshSettings, PortInfo, ServiceInfo};
+use crate::state::{
+    ChangeError, Commit, Config, ControlPlane, MeshSettings, PortInfo, ServiceInfo, Subscriber,
+};
 
 /// How often the policy files are checked for changes. Polling mtimes is
 /// simple, works on every filesystem (including ConfigMap symlink swaps)
@@ -93,22 +102,93 @@ pub(crate) enum ServeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The services cannot be routed (e.g. two claim the same host).
+    #[error("the services cannot be routed: {0}")]
+    Snapshot(#[from] dataplane::SnapshotError),
+    /// The first identity was issued but never reached the data plane.
+    #[error("the gateway identity was not installed")]
+    NoIdentity,
+    /// The access-log file cannot be opened.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Installing a signal handler failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
 
-/// The gateway's identity as last installed, kept for the data plane's TLS
-/// configuration. The key lives only here, in memory.
+/// Publishes the gateway's CA-issued identity to the data plane. The first
+/// [`IdentitySink::install`] (while the gateway starts, before the data
+/// plane exists) creates the shared `ArcSwap`; every later renewal or trust
+/// bundle change (root roll-over) swaps a new [`dataplane::Identity`] in, so
+/// new handshakes use it and established connections are untouched. The
+/// key exists only inside that `Identity`, in memory.
 #[derive(Default)]
-pub(crate) struct InstalledIdentity {
-    current: ArcSwapOption<(IssuedCertificate, LeafKey)>,
+pub(crate) struct DataPlaneIdentity {
+    slot: std::sync::Mutex<Option<Arc<ArcSwap<dataplane::Identity>>>>,
 }
 
-impl IdentitySink for InstalledIdentity {
+impl DataPlaneIdentity {
+    /// The shared identity, once the first certificate was installed.
+    fn shared(&self) -> Option<Arc<ArcSwap<dataplane::Identity>>> {
+        crate::state::lock(&self.slot).clone()
+    }
+}
+
+impl IdentitySink for DataPlaneIdentity {
     fn install(&self, issued: &IssuedCertificate, key: LeafKey) -> Result<(), String> {
-        self.current.store(Some(Arc::new((issued.clone(), key))));
+        let id = dataplane::Identity::new(
+            issued.full_chain(),
+            PrivateKeyDer::Pkcs8(key.into_pkcs8_der()),
+            &issued.trust_bundle,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut slot = crate::state::lock(&self.slot);
+        match &*slot {
+            Some(shared) => shared.store(Arc::new(id)),
+            None => *slot = Some(Arc::new(ArcSwap::from_pointee(id))),
+        }
         Ok(())
+    }
+}
+
+/// Builds the data plane's routing snapshot for every configuration the
+/// control plane accepts. `prepare` runs before anything is persisted or
+/// swapped, so a configuration the data plane cannot route (e.g. two
+/// services claiming one host) is refused whole; `commit` swaps it in.
+struct SnapshotPublisher {
+    services: Vec<Service>,
+    snapshot: Arc<ArcSwap<dataplane::Snapshot>>,
+}
+
+impl Subscriber for SnapshotPublisher {
+    fn prepare(&self, config: &Arc<Config>) -> Result<Commit, String> {
+        let snap =
+            dataplane::Snapshot::from_config(config.generation, &self.services, config.set.clone())
+                .map_err(|e| e.to_string())?;
+        let target = self.snapshot.clone();
+        let snap = Arc::new(snap);
+        Ok(Box::new(move || target.store(snap)))
+    }
+}
+
+/// The access-log sink chosen by `MESHGATE_ACCESS_LOG` (see module docs).
+fn access_log_sink() -> Result<dataplane::AccessLogSink, ServeError> {
+    match std::env::var_os("MESHGATE_ACCESS_LOG") {
+        None => Ok(dataplane::AccessLogSink::Stdout),
+        Some(v) if v == "stdout" || v == "-" || v.is_empty() => {
+            Ok(dataplane::AccessLogSink::Stdout)
+        }
+        Some(v) if v == "off" => Ok(dataplane::AccessLogSink::Discard),
+        Some(v) => {
+            let path = PathBuf::from(v);
+            dataplane::AccessLogSink::file(&path)
+                .map_err(|source| ServeError::AccessLog { path, source })
+        }
     }
 }
 
@@ -209,14 +289,55 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         crate::identity::now(),
         "meshgate",
     )?);
-    let installed = Arc::new(InstalledIdentity::default());
+    let sink = Arc::new(DataPlaneIdentity::default());
     let (identity_manager, identity) = IdentityManager::start(
         ca.clone(),
         settings.identity.spiffe_id.clone(),
         settings.identity.cert_ttl,
-        installed.clone(),
+        sink.clone(),
         control.clone(),
     )?;
+    let dp_identity = sink.shared().ok_or(ServeError::NoIdentity)?;
+
+    // The data plane reads the configuration through a snapshot that the
+    // control plane replaces on every accepted change.
+    let first = control.current();
+    let snapshot = Arc::new(ArcSwap::from_pointee(dataplane::Snapshot::from_config(
+        first.generation,
+        &settings.services,
+        first.set.clone(),
+    )?));
+    control.subscribe(Arc::new(SnapshotPublisher {
+        services: settings.services.clone(),
+        snapshot: snapshot.clone(),
+    }))?;
+    let dp = dataplane::DataPlane::new(
+        snapshot,
+        dp_identity,
+        dataplane::Options::default(),
+        access_log_sink()?,
+    );
+    let mut bound = Vec::with_capacity(settings.listeners.len());
+    let mut listener_tasks = Vec::with_capacity(settings.listeners.len());
+    for l in &settings.listeners {
+        let bind_err = |source| ServeError::Bind {
+            what: format!("listener {}", l.name),
+            addr: l.address,
+            source,
+        };
+        let (addr, task) = dp
+            .bind(l.address, dataplane::ListenerSpec::from_config(l))
+            .await
+            .map_err(bind_err)?;
+        let protocol = match l.protocol {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Tcp => "tcp",
+        };
+        bound.push((l.name.clone(), format!("{addr} ({protocol})")));
+        listener_tasks.push(task);
+    }
+    control.set_listeners(bound.clone());
+    control.set_data_plane(dp.clone());
 
     let admin_addr = args.admin_addr.unwrap_or(settings.admin_address);
     let bind_err = |source| ServeError::Bind {
@@ -232,7 +353,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         control: control.clone(),
         ca: ca.clone(),
         identity: identity.clone(),
-        extra_metrics: None,
+        extra_metrics: Some({
+            let dp = dp.clone();
+            Arc::new(move || dp.render_metrics())
+        }),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_server = axum::serve(admin_listener, admin::router(state.clone()))
@@ -264,6 +388,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     println!("meshgate: admin API listening on http://{admin_bound}");
     println!("meshgate: data directory {}", data_dir.display());
+    for (name, addr) in &bound {
+        println!("meshgate: listening on {name} {addr}");
+    }
     if let Some(token) = new_token {
         // Printed exactly once, at the start that created it. The server
         // keeps only its hash; the 0600 copy serves local CLI use.
@@ -298,16 +425,35 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     state.ready.store(false, Ordering::Release);
     let _ignored = stop_tx.send(true);
     let drain = core::time::Duration::from_secs(args.drain_timeout);
-    let all = async {
-        let _ = tokio::join!(admin_task, identity_task, reload_task, roots_task);
+    let data_plane = async {
+        let open = dp.drain(drain).await;
+        for t in listener_tasks {
+            let _ = t.await;
+        }
+        open
     };
-    if tokio::time::timeout(drain, all).await.is_err() {
-        tracing::warn!(
+    let all = async {
+        let (open, ..) = tokio::join!(
+            data_plane,
+            admin_task,
+            identity_task,
+            reload_task,
+            roots_task
+        );
+        open
+    };
+    match tokio::time::timeout(drain, all).await {
+        Ok(0) => {}
+        Ok(open) => tracing::warn!(
+            secs = drain.as_secs(),
+            open,
+            "drain deadline reached; exiting with connections still open"
+        ),
+        Err(_) => tracing::warn!(
             secs = drain.as_secs(),
             "drain deadline reached; exiting with requests still open"
-        );
+        ),
     }
-    drop(installed);
     println!("meshgate: stopped");
     Ok(())
 }

@@ -255,6 +255,9 @@ pub(crate) struct ControlPlane {
     counters: Counters,
     listeners: Mutex<Vec<(String, String)>>,
     identity: Mutex<Option<(String, UnixTime)>>,
+    /// The running data plane, once `serve` has started it (never in
+    /// client commands or unit tests).
+    data_plane: std::sync::OnceLock<crate::dataplane::DataPlane>,
 }
 
 impl core::fmt::Debug for ControlPlane {
@@ -311,17 +314,11 @@ impl ControlPlane {
             counters: Counters::default(),
             listeners: Mutex::new(Vec::new()),
             identity: Mutex::new(None),
+            data_plane: std::sync::OnceLock::new(),
         })
     }
 
     /// Adds a subscriber and publishes the current configuration to it.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the data plane subscribes once its entry point lands"
-        )
-    )]
     pub(crate) fn subscribe(&self, s: Arc<dyn Subscriber>) -> Result<(), ChangeError> {
         let commit = s
             .prepare(&self.current.load_full())
@@ -547,6 +544,28 @@ impl ControlPlane {
                 Err(e)
             }
         }
+    }
+
+    /// Records the bound data-plane listeners for `/api/v1/status`: name
+    /// and `ADDR (http|tcp)`.
+    pub(crate) fn set_listeners(&self, listeners: Vec<(String, String)>) {
+        *lock(&self.listeners) = listeners;
+    }
+
+    /// Hands the running data plane to the admin API (set once by
+    /// `serve`; a second call is ignored and reported as `false`).
+    pub(crate) fn set_data_plane(&self, dp: crate::dataplane::DataPlane) -> bool {
+        self.data_plane.set(dp).is_ok()
+    }
+
+    /// The running data plane: plaintext clients
+    /// ([`crate::dataplane::DataPlane::plaintext_clients`]), the recent
+    /// access log ([`crate::dataplane::DataPlane::recent_access_log`]),
+    /// open connections ([`crate::dataplane::DataPlane::active_connections`]).
+    /// `None` until `serve` has bound the listeners.
+    #[allow(dead_code, reason = "read by the admin UI's data-plane endpoints")]
+    pub(crate) fn data_plane(&self) -> Option<&crate::dataplane::DataPlane> {
+        self.data_plane.get()
     }
 
     /// Records the gateway's current identity and its expiry.

@@ -45,14 +45,6 @@ pub(crate) enum IdentityError {
     /// No root in the trust bundle.
     #[error("the trust bundle is empty")]
     EmptyTrustBundle,
-    /// PEM input did not contain the expected item.
-    #[error("PEM input for {what} is invalid: {detail}")]
-    Pem {
-        /// Which input.
-        what: &'static str,
-        /// What went wrong.
-        detail: String,
-    },
     /// A trust-bundle certificate was rejected as a trust anchor.
     #[error("trust bundle certificate rejected: {0}")]
     BadRoot(rustls::Error),
@@ -85,7 +77,6 @@ pub(crate) enum Protocol {
 #[derive(Debug)]
 pub(crate) struct Identity {
     spiffe_id: OwnedSpiffeId,
-    trust_domain: OwnedTrustDomain,
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
@@ -164,51 +155,15 @@ impl Identity {
             server_optional_http: server(&optional, true)?,
             server_optional_tcp: server(&optional, false)?,
             spiffe_id,
-            trust_domain,
             certified,
             roots,
             provider,
         })
     }
 
-    /// Builds an identity from PEM text (certificate chain, PKCS#8/SEC1
-    /// key, trust bundle), as found in Istio's `cacerts`-style files.
-    pub(crate) fn from_pem(
-        chain_pem: &[u8],
-        key_pem: &[u8],
-        roots_pem: &[u8],
-    ) -> Result<Self, IdentityError> {
-        let certs = |what: &'static str, mut pem: &[u8]| {
-            rustls_pemfile::certs(&mut pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| IdentityError::Pem {
-                    what,
-                    detail: e.to_string(),
-                })
-        };
-        let chain = certs("certificate chain", chain_pem)?;
-        let roots = certs("trust bundle", roots_pem)?;
-        let mut key_pem = key_pem;
-        let key = rustls_pemfile::private_key(&mut key_pem)
-            .map_err(|e| IdentityError::Pem {
-                what: "private key",
-                detail: e.to_string(),
-            })?
-            .ok_or(IdentityError::Pem {
-                what: "private key",
-                detail: "no private key found".to_owned(),
-            })?;
-        Self::new(chain, key, &roots)
-    }
-
     /// The gateway's SPIFFE ID (the XFCC `By=` element).
     pub(crate) fn spiffe_id(&self) -> &OwnedSpiffeId {
         &self.spiffe_id
-    }
-
-    /// The mesh trust domain (the gateway's own).
-    pub(crate) fn trust_domain(&self) -> &OwnedTrustDomain {
-        &self.trust_domain
     }
 
     /// The inbound server configuration: client certificate required

@@ -18,9 +18,6 @@
 //! - [`identity`], [`peer`]: certificates, verifiers, SPIFFE IDs;
 //! - [`xfcc`], [`access_log`], [`metrics`]: what upstreams, logs and
 //!   Prometheus see.
-// Parts of the API (PEM identities, file access logs, config conversions)
-// are only called by `meshgate serve`, which is wired separately.
-#![allow(dead_code, unused_imports)]
 
 pub(crate) mod access_log;
 mod http_proxy;
@@ -49,7 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 pub(crate) use access_log::{AccessEntry, AccessLog, AccessLogSink};
-pub(crate) use identity::{Identity, IdentityError, Protocol};
+pub(crate) use identity::{Identity, Protocol};
 
 pub(crate) use metrics::PlaintextClient;
 pub(crate) use snapshot::{Snapshot, SnapshotError};
@@ -250,11 +247,25 @@ impl DataPlane {
 
     /// Plaintext clients recently seen per destination namespace, most
     /// recent first (what switching a namespace to STRICT would cut off).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "read by the admin UI through ControlPlane::data_plane"
+        )
+    )]
     pub(crate) fn plaintext_clients(&self) -> Vec<(String, Vec<PlaintextClient>)> {
         self.shared.metrics.plaintext_clients()
     }
 
     /// The most recent access-log entries, oldest first.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "read by the admin UI through ControlPlane::data_plane"
+        )
+    )]
     pub(crate) fn recent_access_log(&self) -> Vec<AccessEntry> {
         self.shared.access_log.recent()
     }
