@@ -34,6 +34,12 @@ impl OwnedTarget {
         })
     }
 
+    /// An owned copy, `None` if the host does not fit (it always does for
+    /// a validated frame).
+    pub(crate) fn try_from_wire(t: &MeshTarget<'_>) -> Option<Self> {
+        Self::from_wire(t).ok()
+    }
+
     /// The borrowed wire form, for `StreamOpen`.
     pub fn as_wire(&self) -> MeshTarget<'_> {
         MeshTarget {

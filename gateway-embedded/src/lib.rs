@@ -14,6 +14,7 @@
 //! - [`creds`]: what is persisted (key, certificate chain, trust roots,
 //!   gateway pin) and the A/B slot format behind a storage trait.
 //! - [`config`]: the forwarding rules pushed by the gateway.
+//! - [`bridge`]: legacy sockets <-> tunnel streams, sans-IO.
 //! - [`pin`]: the check that the TLS server is *the* gateway, not just any
 //!   holder of a certificate from the mesh CA.
 //! - [`tunnel`]: the sans-IO client session over `core::wire`.
@@ -24,6 +25,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod bridge;
 pub mod config;
 pub mod creds;
 pub(crate) mod der;

@@ -25,7 +25,7 @@ use meshgate_core::time::UnixTime;
 use meshgate_core::wire::session::{Event, Instant, Session, SessionConfig, SessionError};
 use meshgate_core::wire::{
     CloseReason, ConfigAck, DeviceAddr, EncodeError, EnrollRequest, ErrorMsg, GoodbyeReason,
-    Message, RenewRequest, Revoked, Role, StreamTarget, encode_frame,
+    MeshTarget, Message, RenewRequest, Revoked, Role, StreamTarget, encode_frame,
 };
 use rand_core::CryptoRngCore;
 
@@ -36,6 +36,21 @@ use crate::enroll::{CSR_BUF_LEN, CsrError, CsrFields, NodeKey, build_csr};
 /// Concurrent streams per tunnel (both directions). Each costs a session
 /// slot and, in the runtime, a bridge slot with socket buffers.
 pub const MAX_STREAMS: usize = 4;
+
+/// Of [`MAX_STREAMS`], how many the gateway may open (mesh clients calling
+/// exposed devices); the rest are for legacy clients of the node. Without
+/// this split the session would hand every slot to the gateway and the
+/// node could open none.
+pub const MAX_GATEWAY_STREAMS: u16 = 2;
+
+/// The node's session tunables: the stream split above and a receive
+/// window equal to the bridge's to-device ring.
+pub const fn node_session_config() -> SessionConfig {
+    let mut cfg = SessionConfig::new(Role::Node);
+    cfg.max_incoming_streams = MAX_GATEWAY_STREAMS;
+    cfg.recv_window = crate::bridge::STREAM_WINDOW;
+    cfg
+}
 
 /// How long the node waits for a `Certificate` answer before counting the
 /// request as failed.
@@ -104,6 +119,8 @@ pub enum TunnelEvent<'a> {
     ConnectDevice {
         /// The stream.
         id: u32,
+        /// The mesh service the gateway asked for.
+        service: MeshTarget<'a>,
         /// The legacy endpoint configured for the service.
         device: DeviceAddr,
     },
@@ -213,7 +230,7 @@ impl Tunnel {
     /// wall-clock time if it has a trustworthy one (usually not).
     pub fn new(purpose: Purpose, now: Instant, wall: Option<UnixTime>) -> Self {
         Tunnel {
-            session: Session::new(SessionConfig::new(Role::Node), now, wall),
+            session: Session::new(node_session_config(), now, wall),
             purpose,
             pending: None,
             ack_due: None,
@@ -270,7 +287,11 @@ impl Tunnel {
             Event::StreamOpened { id, target } => match target {
                 StreamTarget::ToDevice(service) if !state.revoked => {
                     match state.config.device_for(&service) {
-                        Some(device) => Some(TunnelEvent::ConnectDevice { id, device }),
+                        Some(device) => Some(TunnelEvent::ConnectDevice {
+                            id,
+                            service,
+                            device,
+                        }),
                         None => {
                             // Not an exposed service (or config not pushed
                             // yet): refuse, fail closed.
@@ -525,7 +546,7 @@ mod tests {
     use crate::config::tests::push;
     use crate::creds::GatewayAddr;
     use crate::pin::tests::TestCa;
-    use meshgate_core::wire::{BoundedList, MeshTarget, parse_frame};
+    use meshgate_core::wire::{BoundedList, parse_frame};
     use rand_core::OsRng;
     use std::vec::Vec;
     use x509_parser::certification_request::X509CertificationRequest;
@@ -596,9 +617,14 @@ mod tests {
                 .unwrap();
             ev.map(|e| match e {
                 TunnelEvent::Connected => TunnelEvent::Connected,
-                TunnelEvent::ConnectDevice { id, device } => {
-                    TunnelEvent::ConnectDevice { id, device }
-                }
+                TunnelEvent::ConnectDevice { id, device, .. } => TunnelEvent::ConnectDevice {
+                    id,
+                    service: MeshTarget {
+                        host: "plc-1.factory",
+                        port: 502,
+                    },
+                    device,
+                },
                 TunnelEvent::CertificateInstalled => TunnelEvent::CertificateInstalled,
                 TunnelEvent::CertificateRejected(r) => TunnelEvent::CertificateRejected(r),
                 TunnelEvent::ConfigApplied { version } => TunnelEvent::ConfigApplied { version },
