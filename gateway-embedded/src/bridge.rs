@@ -154,8 +154,11 @@ enum Phase {
     Listening {
         port: u16,
     },
-    /// A legacy client connected; the `StreamOpen` is not sent yet.
-    NeedOpen,
+    /// A legacy client connected on `port`; the `StreamOpen` is not sent
+    /// yet.
+    NeedOpen {
+        port: u16,
+    },
     /// `StreamOpen` sent; waiting for the gateway to accept.
     Opening,
     /// The gateway opened a stream; connecting to the device.
@@ -491,10 +494,11 @@ impl<const K: usize> Bridge<K> {
     pub fn poll_transmit<const N: usize>(
         &mut self,
         session: &mut Session<N>,
+        cfg: &NodeConfig,
         out: &mut [u8],
     ) -> Result<Option<usize>, BridgeEncodeError> {
         for i in 0..K {
-            if let Some(n) = self.drive_slot(i, session, out)? {
+            if let Some(n) = self.drive_slot(i, session, cfg, out)? {
                 return Ok(Some(n));
             }
         }
@@ -505,6 +509,7 @@ impl<const K: usize> Bridge<K> {
         &mut self,
         i: usize,
         session: &mut Session<N>,
+        cfg: &NodeConfig,
         out: &mut [u8],
     ) -> Result<Option<usize>, BridgeEncodeError> {
         let slot = &mut self.slots[i];
@@ -516,15 +521,24 @@ impl<const K: usize> Bridge<K> {
             self.wake |= 1u32 << (i % 32);
         }
         match slot.phase {
-            Phase::NeedOpen => {
-                let Origin::Listener { target, .. } = &slot.origin else {
-                    slot.phase = Phase::Closing { abort: true };
-                    self.mark(i);
-                    return Ok(None);
+            Phase::NeedOpen { port } => {
+                // The target is resolved now, against the configuration in
+                // force when the stream opens.
+                let target = match cfg.target_for_port(port) {
+                    Some(t) if self.listen.contains(&port) => t,
+                    _ => {
+                        slot.phase = Phase::Closing { abort: true };
+                        self.mark(i);
+                        return Ok(None);
+                    }
                 };
                 match session.open_stream(StreamTarget::ToMesh(target.as_wire()), out) {
                     Ok((id, n)) => {
                         slot.id = id;
+                        slot.origin = Origin::Listener {
+                            port,
+                            target: target.clone(),
+                        };
                         slot.phase = Phase::Opening;
                         return Ok(Some(n));
                     }
@@ -608,7 +622,9 @@ impl<const K: usize> Bridge<K> {
             Phase::Free => SlotCommand::Idle,
             Phase::Listening { port } => SlotCommand::Listen(port),
             Phase::Connecting { device } => SlotCommand::Connect(device),
-            Phase::NeedOpen | Phase::Opening | Phase::NeedAccept | Phase::Open => SlotCommand::Pump,
+            Phase::NeedOpen { .. } | Phase::Opening | Phase::NeedAccept | Phase::Open => {
+                SlotCommand::Pump
+            }
             // Releasing the slot before the session learnt of the reset
             // would lose the reset; the socket waits for one transmit pass.
             Phase::Closing { .. } if slot.reset.is_some() => SlotCommand::Idle,
@@ -618,19 +634,16 @@ impl<const K: usize> Bridge<K> {
 
     /// A legacy client connected to the listening slot `i`. Returns false
     /// (and the slot closes) when the port is no longer configured.
-    pub fn client_accepted(&mut self, i: usize, cfg: &NodeConfig) -> bool {
+    pub fn client_accepted(&mut self, i: usize) -> bool {
         let Some(Phase::Listening { port }) = self.slots.get(i).map(|s| s.phase) else {
             return false;
         };
         self.mark(i);
-        let target = match cfg.target_for_port(port) {
-            Some(t) if self.listen.contains(&port) => t.clone(),
-            _ => {
-                self.slots[i].phase = Phase::Closing { abort: true };
-                return false;
-            }
-        };
-        self.slots[i].reset_state(Phase::NeedOpen, Origin::Listener { port, target }, 0);
+        if !self.listen.contains(&port) {
+            self.slots[i].phase = Phase::Closing { abort: true };
+            return false;
+        }
+        self.slots[i].reset_state(Phase::NeedOpen { port }, Origin::None, 0);
         // Keep accepting further clients on the port with another slot.
         self.refill_listeners();
         true
@@ -668,7 +681,7 @@ impl<const K: usize> Bridge<K> {
                 if !s.device_eof
                     && matches!(
                         s.phase,
-                        Phase::NeedOpen | Phase::Opening | Phase::NeedAccept | Phase::Open
+                        Phase::NeedOpen { .. } | Phase::Opening | Phase::NeedAccept | Phase::Open
                     ) =>
             {
                 s.from_device.space()
@@ -996,7 +1009,11 @@ mod tests {
             }
             let mut buf = [0u8; 4096];
             loop {
-                let n = match self.bridge.poll_transmit(self.node.session(), &mut buf) {
+                let n = match self.bridge.poll_transmit(
+                    self.node.session(),
+                    &self.state.config,
+                    &mut buf,
+                ) {
                     Ok(Some(n)) => n,
                     Ok(None) => match self.node.poll_transmit(self.now, &mut buf).unwrap() {
                         Some(n) => n,
@@ -1041,7 +1058,7 @@ mod tests {
                 SlotCommand::Listen(port) => {
                     if let Some(k) = self.clients.iter().position(|c| c.0 == port) {
                         let (_, data, eof) = self.clients.remove(k);
-                        if self.bridge.client_accepted(i, &self.state.config) {
+                        if self.bridge.client_accepted(i) {
                             self.devs[i] = Some(Dev {
                                 to_send: data,
                                 send_eof: eof,

@@ -2,22 +2,23 @@
 //! handshake TLS with embedded-tls (verifying and pinning the gateway,
 //! presenting the node certificate once enrolled), and drive a
 //! [`Tunnel`] over it; reconnect with backoff; persist credentials after
-//! enrollment and renewal; stop for good when revoked.
+//! enrollment and renewal; stop for good when revoked. Beside the tunnel,
+//! one task per bridge slot moves bytes between a legacy TCP socket and
+//! the [`Bridge`], which makes every decision (module [`crate::bridge`]);
+//! the slot tasks only carry out its [`SlotCommand`]s.
 //!
 //! One TCP connection is split into a reader and a writer half, and the
 //! TLS connection over it likewise, so the task can wait for a frame from
 //! the gateway and for its own deadlines (heartbeats, renewal) at the same
 //! time without cancelling a half-read TLS record. Both halves share the
-//! tunnel state through a `RefCell` that is never held across an `.await`.
-//!
-//! Not wired yet: the legacy-socket side of the bridge. Streams the
-//! gateway opens to exposed devices are refused with `Unreachable`, and no
-//! local listener opens streams; the sans-IO decisions for both directions
-//! are in [`crate::tunnel`] and [`crate::config`].
+//! tunnel state through a `RefCell` that is never held across an `.await`;
+//! the bridge is shared with the slot tasks the same way, and signals wake
+//! exactly the side that has something new to do.
 
 use core::cell::RefCell;
 
-use embassy_futures::select::{Either, select};
+use embassy_futures::join::join_array;
+use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_net::Stack;
 use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
@@ -27,22 +28,25 @@ use embedded_io_async::{Read, Write};
 use embedded_tls::{TlsConfig, TlsConnection, TlsContext, TlsError};
 use heapless::Vec;
 use meshgate_core::wire::session::Instant;
-use meshgate_core::wire::{CloseReason, FrameDecoder, GoodbyeReason, MAX_FRAME_LEN};
+use meshgate_core::wire::{DeviceIp, FrameDecoder, GoodbyeReason, MAX_FRAME_LEN};
 use rand_core::CryptoRngCore;
 
+use crate::bridge::{Bridge, FROM_DEVICE_LEN, SlotCommand};
 use crate::creds::{CredStore, SCRATCH_LEN, SlotStorage};
 use crate::log::{log_info, log_warn};
 use crate::tls::{self, GatewayVerifier, NodeCrypto};
 use crate::tunnel::NodeState;
 use crate::tunnel::{Backoff, Purpose, Tunnel, TunnelEvent};
 
-/// TCP receive buffer: one capped TLS record from the gateway and then some.
-pub const TCP_RX_LEN: usize = 4608;
-/// TCP send buffer.
-pub const TCP_TX_LEN: usize = 4608;
+/// TCP receive buffer of the tunnel socket. TLS reads records from it
+/// incrementally, so it need not hold a whole record; it bounds the TCP
+/// window towards the gateway.
+pub const TCP_RX_LEN: usize = 2048;
+/// TCP send buffer of the tunnel socket.
+pub const TCP_TX_LEN: usize = 2048;
 /// TLS record read buffer. The gateway caps its records (4 KiB of
 /// plaintext), so the 16 KiB embedded-tls would otherwise need is not.
-pub const TLS_RX_LEN: usize = 6144;
+pub const TLS_RX_LEN: usize = 5120;
 /// TLS record write buffer: one frame plus record overhead.
 pub const TLS_TX_LEN: usize = MAX_FRAME_LEN + 512;
 
@@ -183,6 +187,79 @@ fn monotonic() -> Instant {
     Instant::from_millis(EmbassyInstant::now().as_millis())
 }
 
+/// TCP receive buffer of one legacy socket.
+pub const SLOT_TCP_RX_LEN: usize = 1024;
+/// TCP send buffer of one legacy socket.
+pub const SLOT_TCP_TX_LEN: usize = 1024;
+/// Bytes one slot task copies out of the bridge per socket write.
+const SLOT_OUT_LEN: usize = 512;
+/// How long a legacy device gets to accept a connection.
+const DEVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing legacy socket may take to get its last bytes out.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Buffers of one bridge slot (about 3 KiB), allocated once by the board.
+pub struct SlotBuffers {
+    rx: [u8; SLOT_TCP_RX_LEN],
+    tx: [u8; SLOT_TCP_TX_LEN],
+    from_device: [u8; FROM_DEVICE_LEN],
+    to_device: [u8; SLOT_OUT_LEN],
+}
+
+impl SlotBuffers {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        SlotBuffers {
+            rx: [0; SLOT_TCP_RX_LEN],
+            tx: [0; SLOT_TCP_TX_LEN],
+            from_device: [0; FROM_DEVICE_LEN],
+            to_device: [0; SLOT_OUT_LEN],
+        }
+    }
+}
+
+impl Default for SlotBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the tunnel task and the slot tasks share.
+struct Ctx<const K: usize> {
+    bridge: RefCell<Bridge<K>>,
+    /// Something for the tunnel writer: frames to send, credit to return.
+    tunnel_wake: Signal<NoopRawMutex, ()>,
+    /// Per slot: its command or buffers changed.
+    slot_wake: [Signal<NoopRawMutex, ()>; K],
+}
+
+impl<const K: usize> Ctx<K> {
+    fn new() -> Self {
+        Ctx {
+            bridge: RefCell::new(Bridge::new()),
+            tunnel_wake: Signal::new(),
+            slot_wake: [const { Signal::new() }; K],
+        }
+    }
+
+    /// Signals the slots the bridge marked.
+    fn wake_slots(&self) {
+        let mask = self.bridge.borrow_mut().take_wake();
+        for (i, sig) in self.slot_wake.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                sig.signal(());
+            }
+        }
+    }
+
+    /// A slot task changed the bridge: wake the tunnel writer and any slot
+    /// whose state moved with it.
+    fn slot_changed(&self) {
+        self.tunnel_wake.signal(());
+        self.wake_slots();
+    }
+}
+
 /// Shared between the reader and writer halves of one connection.
 struct Shared<'n> {
     tunnel: Tunnel,
@@ -195,8 +272,9 @@ struct Shared<'n> {
 }
 
 /// Runs one connection to the gateway until it closes.
-pub async fn run_connection<R: CryptoRngCore>(
+async fn run_connection<R: CryptoRngCore, const K: usize>(
     stack: Stack<'_>,
+    ctx: &Ctx<K>,
     state: &mut NodeState,
     rng: &mut R,
     bufs: &mut NodeBuffers,
@@ -211,6 +289,7 @@ pub async fn run_connection<R: CryptoRngCore>(
     let mut socket = TcpSocket::new(stack, &mut bufs.tcp_rx, &mut bufs.tcp_tx);
     socket.set_timeout(Some(Duration::from_secs(90)));
     let remote = (embassy_net::Ipv4Address::from(gw.ip), gw.port);
+    log_info!("connecting to gateway");
     socket
         .connect(remote)
         .await
@@ -251,7 +330,6 @@ pub async fn run_connection<R: CryptoRngCore>(
         dirty: false,
         end: None,
     });
-    let wake: Signal<NoopRawMutex, ()> = Signal::new();
     let rng = RefCell::new(rng);
     let frames_in = &mut bufs.frames_in;
     let frames_out = &mut bufs.frames_out;
@@ -282,21 +360,25 @@ pub async fn run_connection<R: CryptoRngCore>(
                     .tunnel
                     .handle_message(now, msg, sh.state, rand)
                     .map_err(|_| ConnectionError::Protocol)?;
-                handle_event(sh, now, ev);
+                handle_event(sh, ctx, now, ev);
             }
-            wake.signal(());
+            ctx.wake_slots();
+            ctx.tunnel_wake.signal(());
         }
     };
 
     let write_side = async {
         loop {
             let mut len = 0;
+            // The output buffer filled up with stream data: send it and
+            // come straight back for the rest.
+            let mut more = false;
             {
                 let mut sh = shared.borrow_mut();
                 let sh = &mut *sh;
                 let now = monotonic();
                 if let Some(ev) = sh.tunnel.handle_timeout(now) {
-                    handle_event(sh, now, Some(ev));
+                    handle_event(sh, ctx, now, Some(ev));
                 }
                 let out = &mut frames_out[..];
                 if let Some(n) = sh
@@ -313,6 +395,26 @@ pub async fn run_connection<R: CryptoRngCore>(
                     sh.outbox.clear();
                     len = n;
                 }
+                {
+                    let mut bridge = ctx.bridge.borrow_mut();
+                    loop {
+                        let room = &mut out[len..];
+                        // Below this a data frame would be tiny; flush first.
+                        if room.len() < 320 {
+                            more = true;
+                            break;
+                        }
+                        match bridge.poll_transmit(sh.tunnel.session(), &sh.state.config, room) {
+                            Ok(Some(n)) => len += n,
+                            Ok(None) => break,
+                            Err(_) => {
+                                more = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                ctx.wake_slots();
                 while let Some(n) = sh
                     .tunnel
                     .poll_transmit(now, &mut out[len..])
@@ -321,6 +423,7 @@ pub async fn run_connection<R: CryptoRngCore>(
                     len += n;
                     if out.len() - len < 64 {
                         // Every queued session frame is under 64 bytes.
+                        more = true;
                         break;
                     }
                 }
@@ -343,13 +446,16 @@ pub async fn run_connection<R: CryptoRngCore>(
             if closed {
                 return Ok::<(), ConnectionError>(());
             }
+            if more {
+                continue;
+            }
             // Wake for input, the session deadline, or at least every
             // second to check the renewal schedule.
             let next = deadline
                 .map(|d| EmbassyInstant::from_millis(d.as_millis()))
                 .unwrap_or(EmbassyInstant::MAX)
                 .min(EmbassyInstant::now() + Duration::from_secs(1));
-            let _ = select(wake.wait(), Timer::at(next)).await;
+            let _ = select(ctx.tunnel_wake.wait(), Timer::at(next)).await;
         }
     };
 
@@ -360,7 +466,12 @@ pub async fn run_connection<R: CryptoRngCore>(
     result.map(|()| end.unwrap_or(ConnectionEnd::Closed))
 }
 
-fn handle_event(sh: &mut Shared<'_>, now: Instant, ev: Option<TunnelEvent<'_>>) {
+fn handle_event<const K: usize>(
+    sh: &mut Shared<'_>,
+    ctx: &Ctx<K>,
+    now: Instant,
+    ev: Option<TunnelEvent<'_>>,
+) {
     let Some(ev) = ev else { return };
     match ev {
         TunnelEvent::Connected => {
@@ -383,57 +494,246 @@ fn handle_event(sh: &mut Shared<'_>, now: Instant, ev: Option<TunnelEvent<'_>>) 
                 }
             }
         }
-        TunnelEvent::ConnectDevice { id, .. } => {
-            // The device side of the bridge is not wired to sockets yet
-            // (module docs): refuse rather than pretend.
-            let _ = sh.tunnel.session().reset(id, CloseReason::Unreachable);
+        TunnelEvent::ConnectDevice {
+            id,
+            service,
+            device,
+        } => {
+            ctx.bridge
+                .borrow_mut()
+                .connect_device(sh.tunnel.session(), id, &service, device);
         }
-        TunnelEvent::Stream(_) => {}
+        TunnelEvent::Stream(ev) => {
+            ctx.bridge
+                .borrow_mut()
+                .handle_stream_event(sh.tunnel.session(), &ev);
+        }
         TunnelEvent::CertificateInstalled => {
             log_info!("certificate installed");
             sh.dirty = true;
         }
         TunnelEvent::CertificateRejected(_r) => log_warn!("certificate rejected: {}", _r),
-        TunnelEvent::ConfigApplied { version: _v } => log_info!("config {} applied", _v),
+        TunnelEvent::ConfigApplied { version: _v } => {
+            log_info!("config {} applied", _v);
+            ctx.bridge.borrow_mut().sync_config(&sh.state.config, true);
+        }
         TunnelEvent::ConfigRejected(_e) => log_warn!("config rejected: {}", _e),
         TunnelEvent::Revoked(_) => {
             log_warn!("node revoked by the gateway");
+            ctx.bridge.borrow_mut().tunnel_down();
             sh.end = Some(ConnectionEnd::Revoked);
             sh.dirty = true;
         }
-        TunnelEvent::Closed(_) => log_info!("tunnel closed"),
+        TunnelEvent::Closed(_) => {
+            log_info!("tunnel closed");
+            ctx.bridge.borrow_mut().tunnel_down();
+        }
+    }
+}
+
+/// One bridge slot: carries out the bridge's commands on one TCP socket,
+/// forever.
+async fn slot_task<const K: usize>(
+    i: usize,
+    stack: Stack<'_>,
+    ctx: &Ctx<K>,
+    bufs: &mut SlotBuffers,
+) {
+    let SlotBuffers {
+        rx,
+        tx,
+        from_device,
+        to_device,
+    } = bufs;
+    let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
+    let Some(wake) = ctx.slot_wake.get(i) else {
+        return;
+    };
+    loop {
+        let cmd = ctx.bridge.borrow().command(i);
+        match cmd {
+            SlotCommand::Idle => wake.wait().await,
+            SlotCommand::Listen(port) => {
+                let accepted = {
+                    let mut accept = core::pin::pin!(socket.accept(port));
+                    loop {
+                        match select(accept.as_mut(), wake.wait()).await {
+                            Either::First(r) => break Some(r.is_ok()),
+                            Either::Second(()) => {
+                                if ctx.bridge.borrow().command(i) != SlotCommand::Listen(port) {
+                                    break None;
+                                }
+                            }
+                        }
+                    }
+                };
+                match accepted {
+                    Some(true) => {
+                        log_info!("legacy client on port {}", port);
+                        if !ctx.bridge.borrow_mut().client_accepted(i) {
+                            socket.abort();
+                        }
+                    }
+                    Some(false) => {
+                        // The port cannot be listened on (in use by
+                        // another socket of the stack, or invalid).
+                        socket.abort();
+                        ctx.bridge.borrow_mut().device_failed(i);
+                        Timer::after(Duration::from_secs(1)).await;
+                    }
+                    // Withdrawn: stop listening; the next command decides.
+                    None => socket.abort(),
+                }
+                ctx.slot_changed();
+            }
+            SlotCommand::Connect(device) => {
+                let DeviceIp::V4(ip) = device.ip else {
+                    // The stack is IPv4-only; an IPv6 device is unreachable.
+                    ctx.bridge.borrow_mut().device_failed(i);
+                    ctx.slot_changed();
+                    continue;
+                };
+                let remote = (embassy_net::Ipv4Address::from(ip), device.port);
+                let connected = {
+                    let mut connect = core::pin::pin!(embassy_time::with_timeout(
+                        DEVICE_CONNECT_TIMEOUT,
+                        socket.connect(remote)
+                    ));
+                    loop {
+                        match select(connect.as_mut(), wake.wait()).await {
+                            Either::First(r) => break matches!(r, Ok(Ok(()))),
+                            Either::Second(()) => {
+                                if ctx.bridge.borrow().command(i) != SlotCommand::Connect(device) {
+                                    break false;
+                                }
+                            }
+                        }
+                    }
+                };
+                if connected {
+                    ctx.bridge.borrow_mut().device_connected(i);
+                } else {
+                    socket.abort();
+                    ctx.bridge.borrow_mut().device_failed(i);
+                }
+                ctx.slot_changed();
+            }
+            SlotCommand::Pump => {
+                let (space, out_len, shut) = {
+                    let b = ctx.bridge.borrow();
+                    let pending = b.to_device(i);
+                    let n = pending.len().min(to_device.len());
+                    if let (Some(dst), Some(src)) = (to_device.get_mut(..n), pending.get(..n)) {
+                        dst.copy_from_slice(src);
+                    }
+                    (
+                        b.read_space(i).min(from_device.len()),
+                        n,
+                        b.should_shut_write(i),
+                    )
+                };
+                if shut {
+                    // FIN to the legacy peer; it may still send to us.
+                    socket.close();
+                    ctx.bridge.borrow_mut().write_shut(i);
+                    ctx.slot_changed();
+                    continue;
+                }
+                let (mut rd, mut wr) = socket.split();
+                let read = async {
+                    match from_device.get_mut(..space) {
+                        Some(buf) if !buf.is_empty() => rd.read(buf).await,
+                        _ => core::future::pending().await,
+                    }
+                };
+                let write = async {
+                    match to_device.get(..out_len) {
+                        Some(buf) if !buf.is_empty() => wr.write(buf).await,
+                        _ => core::future::pending().await,
+                    }
+                };
+                let outcome = select3(read, write, wake.wait()).await;
+                {
+                    let mut b = ctx.bridge.borrow_mut();
+                    match outcome {
+                        Either3::First(Ok(0)) => b.device_eof(i),
+                        Either3::First(Ok(n)) => {
+                            if let Some(data) = from_device.get(..n) {
+                                b.from_device(i, data);
+                            }
+                        }
+                        Either3::Second(Ok(n)) => b.drained(i, n),
+                        Either3::First(Err(_)) | Either3::Second(Err(_)) => b.device_failed(i),
+                        Either3::Third(()) => {}
+                    }
+                }
+                ctx.slot_changed();
+            }
+            SlotCommand::Close { abort } => {
+                if abort {
+                    socket.abort();
+                } else {
+                    socket.close();
+                }
+                // Let the last bytes (or the RST) leave before the socket is
+                // reused; a peer that never acknowledges is cut off.
+                let _ = embassy_time::with_timeout(CLOSE_LINGER, socket.flush()).await;
+                socket.abort();
+                ctx.bridge.borrow_mut().released(i);
+                ctx.slot_changed();
+            }
+        }
     }
 }
 
 /// The node's main loop: keep a tunnel to the gateway, reconnecting with
-/// backoff, saving credentials whenever they change. Returns only when the
-/// node is revoked.
-pub async fn run<R: CryptoRngCore, S: SlotStorage>(
+/// backoff, saving credentials whenever they change, and run the `K`
+/// bridge slots beside it. Returns only when the node is revoked.
+///
+/// The stack needs `K + 2` sockets (the slots, the tunnel, DHCP).
+pub async fn run<R: CryptoRngCore, S: SlotStorage, const K: usize>(
     stack: Stack<'_>,
     mut state: NodeState,
     store: &mut CredStore<S>,
     rng: &mut R,
     bufs: &mut NodeBuffers,
+    slots: &mut [SlotBuffers; K],
 ) {
-    let mut backoff = Backoff::new();
-    loop {
-        stack.wait_config_up().await;
-        let res = run_connection(stack, &mut state, rng, bufs, |st, scratch| {
-            if store.save(&st.creds, scratch).is_err() {
-                log_warn!("saving credentials failed");
+    let ctx = Ctx::<K>::new();
+    let tunnel = async {
+        let mut backoff = Backoff::new();
+        loop {
+            stack.wait_config_up().await;
+            let res = run_connection(stack, &ctx, &mut state, rng, bufs, |st, scratch| {
+                if store.save(&st.creds, scratch).is_err() {
+                    log_warn!("saving credentials failed");
+                }
+            })
+            .await;
+            // Whatever ended the connection, its streams are gone.
+            ctx.bridge.borrow_mut().tunnel_down();
+            ctx.wake_slots();
+            match res {
+                Ok(ConnectionEnd::Revoked) => break,
+                Ok(ConnectionEnd::Closed) => backoff.reset(),
+                Err(_e) => log_warn!("connection failed: {}", _e),
             }
-        })
-        .await;
-        match res {
-            Ok(ConnectionEnd::Revoked) => return,
-            Ok(ConnectionEnd::Closed) => backoff.reset(),
-            Err(_e) => log_warn!("connection failed: {}", _e),
+            if state.revoked {
+                break;
+            }
+            let delay = backoff.next_delay(rng.next_u32());
+            let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            log_info!("reconnecting in {} ms", ms);
+            Timer::after(Duration::from_millis(ms)).await;
         }
-        if state.revoked {
-            return;
-        }
-        let delay = backoff.next_delay(rng.next_u32());
-        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        Timer::after(Duration::from_millis(ms)).await;
-    }
+        // Give the slot tasks time to reset their legacy sockets.
+        Timer::after(CLOSE_LINGER).await;
+    };
+    let mut next = 0;
+    let slot_tasks = join_array(slots.each_mut().map(|b| {
+        let i = next;
+        next += 1;
+        slot_task(i, stack, &ctx, b)
+    }));
+    let _ = select(tunnel, slot_tasks).await;
 }

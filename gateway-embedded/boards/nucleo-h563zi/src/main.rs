@@ -18,7 +18,7 @@ use embassy_stm32::{Config, bind_interrupts, eth, peripherals, rng};
 use meshgate_core::rotation::RenewalPolicy;
 use meshgate_edge::creds::{CredStore, Credentials, FlashSlots, GatewayAddr, SCRATCH_LEN};
 use meshgate_edge::enroll::NodeKey;
-use meshgate_edge::node::{self, NodeBuffers};
+use meshgate_edge::node::{self, NodeBuffers, SlotBuffers};
 use meshgate_edge::tunnel::NodeState;
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
@@ -41,6 +41,11 @@ const TOKEN: Option<&str> = option_env!("MESHGATE_TOKEN");
 const BOOTSTRAP_ROOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap-root.der"));
 /// The gateway's edge-tunnel port.
 const GATEWAY_PORT: u16 = 15443;
+/// Bridge slots (legacy sockets, listening or carrying a stream); sized to
+/// the RAM budget: about 5 KiB each.
+const SLOTS: usize = 3;
+/// Sockets: the slots, the tunnel, DHCP.
+const SOCKETS: usize = SLOTS + 2;
 
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
@@ -113,7 +118,7 @@ async fn main(spawner: Spawner) {
     );
 
     let net_config = embassy_net::Config::dhcpv4(Default::default());
-    static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
+    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
     let seed = rng.next_u64();
     let (stack, runner) = embassy_net::new(
         device,
@@ -132,6 +137,8 @@ async fn main(spawner: Spawner) {
     let mut store = CredStore::new(slots);
     static BUFS: StaticCell<NodeBuffers> = StaticCell::new();
     let bufs = BUFS.init(NodeBuffers::new());
+    static SLOT_BUFS: StaticCell<[SlotBuffers; SLOTS]> = StaticCell::new();
+    let slots = SLOT_BUFS.init([const { SlotBuffers::new() }; SLOTS]);
     static SCRATCH: StaticCell<[u8; SCRATCH_LEN]> = StaticCell::new();
     let scratch = SCRATCH.init([0; SCRATCH_LEN]);
 
@@ -154,7 +161,7 @@ async fn main(spawner: Spawner) {
         Ok(s) => s,
         Err(_) => return,
     };
-    node::run(stack, state, &mut store, rng, bufs).await;
+    node::run(stack, state, &mut store, rng, bufs, slots).await;
     defmt::warn!("node revoked: forwarding stopped");
 }
 
