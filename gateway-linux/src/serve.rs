@@ -231,6 +231,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         Some(path) => Settings::load(path).map_err(ServeError::Settings)?,
         None => Settings::embedded_default(),
     };
+    // `--listen` moves a listener's socket (tests, several gateways on one
+    // host); routing keeps using the port from the settings, which is the
+    // service port that requests naming no port are meant for.
+    let routing_ports: std::collections::HashMap<String, u16> = settings
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.port()))
+        .collect();
     for o in &args.listen {
         let l = settings
             .listeners
@@ -325,10 +333,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             addr: l.address,
             source,
         };
-        let (addr, task) = dp
-            .bind(l.address, dataplane::ListenerSpec::from_config(l))
-            .await
-            .map_err(bind_err)?;
+        let mut spec = dataplane::ListenerSpec::from_config(l);
+        if let Some(port) = routing_ports.get(&l.name) {
+            spec.port = *port;
+        }
+        let (addr, task) = dp.bind(l.address, spec).await.map_err(bind_err)?;
         let protocol = match l.protocol {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Tcp => "tcp",
