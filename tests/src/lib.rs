@@ -22,13 +22,13 @@
 //! message (panics), which is what a test should do.
 
 use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -563,7 +563,7 @@ impl CertFiles {
 
 /// A process-unique counter for file names.
 pub fn unique() -> u64 {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static N: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
 
