@@ -794,18 +794,62 @@ impl Drop for Traffic {
     }
 }
 
-/// Access-log entries by the client's local port (`source` = ip:port).
-pub fn entries_by_port(log: &[Value]) -> HashMap<u16, Value> {
-    log.iter()
-        .filter_map(|e| {
+/// Access-log entries indexed by the client's local port (`source` =
+/// ip:port). Ports are reused over a long run, so each port maps to every
+/// entry with it, with the entry's time.
+pub struct AccessIndex(HashMap<u16, Vec<(f64, Value)>>);
+
+impl AccessIndex {
+    /// Indexes `log`.
+    pub fn new(log: &[Value]) -> AccessIndex {
+        let mut m: HashMap<u16, Vec<(f64, Value)>> = HashMap::new();
+        for e in log {
             let port = e
-                .get("source")?
-                .as_str()?
-                .rsplit_once(':')?
-                .1
-                .parse()
-                .ok()?;
-            Some((port, e.clone()))
-        })
-        .collect()
+                .get("source")
+                .and_then(Value::as_str)
+                .and_then(|s| s.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok());
+            let t = e.get("time").and_then(Value::as_str).and_then(rfc3339_secs);
+            if let (Some(port), Some(t)) = (port, t) {
+                m.entry(port).or_default().push((t, e.clone()));
+            }
+        }
+        AccessIndex(m)
+    }
+
+    /// The entry of the request a client made from `port` between `t0`
+    /// and `t1` (the entry's time is when the gateway finished it, so it
+    /// may be slightly after `t1`).
+    pub fn find(&self, port: u16, t0: f64, t1: f64) -> Option<&Value> {
+        self.0
+            .get(&port)?
+            .iter()
+            .find(|(t, _)| *t >= t0 - 0.01 && *t <= t1 + 1.0)
+            .map(|(_, e)| e)
+    }
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.frac]Z` (UTC).
+pub fn rfc3339_secs(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, mi) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    #[expect(clippy::cast_precision_loss, reason = "seconds since 1970 fit f64")]
+    let whole = (days * 86_400 + h * 3600 + mi * 60) as f64;
+    Some(whole + sec)
 }
