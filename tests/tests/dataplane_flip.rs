@@ -19,7 +19,7 @@ use meshgate_e2e::{
 const FLIPS: u64 = 20;
 
 fn mode_of(generation: u64) -> &'static str {
-    if generation % 2 == 0 {
+    if generation.is_multiple_of(2) {
         "STRICT"
     } else {
         "PERMISSIVE"
