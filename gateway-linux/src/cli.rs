@@ -64,6 +64,36 @@ pub(crate) enum Command {
     )]
     Serve(ServeArgs),
 
+    /// Run the seed demo: the gateway with bookinfo behind it, and the steps to follow.
+    #[command(
+        long_about = "Run the seed demo \"Securing Services with Mutual TLS\" on this host, in \
+                      one process: the gateway (exactly as `meshgate serve` runs it) with \
+                      bookinfo's details and productpage workloads behind it; productpage calls \
+                      details back through the gateway with mutual TLS as \
+                      cluster.local/ns/bookinfo/sa/bookinfo-productpage.\n\n\
+                      Defaults, so the printed commands work as they are: data plane on \
+                      127.0.0.1:9080 routing details.bookinfo.svc.cluster.local and \
+                      productpage.bookinfo.svc.cluster.local by Host/SNI; admin API and UI on \
+                      127.0.0.1:15000; details on 127.0.0.1:19080, productpage on \
+                      127.0.0.1:19081. Files go to ./meshgate-demo: meshgate.yaml (the \
+                      settings), mutual-tls.yaml (PeerAuthentication STRICT for bookinfo), \
+                      details-viewer.yaml (AuthorizationPolicy: only productpage may read \
+                      details), certs/productpage and certs/sleep (demo client certificates: \
+                      key.pem mode 0600, cert.pem, chain.pem, ca.pem) and data/ (the \
+                      gateway's CA, applied policies and admin token; never workload keys). \
+                      Every run starts fresh: a new CA and no applied policies.\n\n\
+                      Once ready it prints the admin token, the UI URL and the seed's steps: \
+                      plaintext curl works; `meshgate apply -f meshgate-demo/mutual-tls.yaml`; \
+                      plaintext now fails while productpage still reaches details; TLS \
+                      without a client certificate fails with \"certificate required\"; a \
+                      certificate from `meshgate cert issue` brings the legacy client back; \
+                      details-viewer then gives it 403 while productpage keeps working.\n\n\
+                      Ctrl-C (or SIGTERM) stops everything and exits 0.",
+        after_help = "Examples:\n  meshgate demo\n  \
+                      meshgate demo --listen 127.0.0.1:18080 --admin-addr 127.0.0.1:25000 --dir /tmp/demo"
+    )]
+    Demo(crate::demo::DemoArgs),
+
     /// Create or update policies from Istio YAML on a running gateway.
     #[command(
         long_about = "Create or update PeerAuthentication and AuthorizationPolicy \

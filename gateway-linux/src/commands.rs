@@ -22,6 +22,7 @@ use crate::client::{AdminClient, resolve_token};
 pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(_) => anyhow::bail!("`serve` is not a client command"),
+        Command::Demo(_) => anyhow::bail!("`demo` is not a client command"),
         Command::Apply(a) => apply(&a.admin, &a.file, false).await,
         Command::Delete(a) => apply(&a.admin, &a.file, true).await,
         Command::Get(a) => get(a).await,

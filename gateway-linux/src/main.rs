@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod commands;
 mod dataplane;
+mod demo;
 mod fsutil;
 mod identity;
 mod reload;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Serve(args) => serve::run(args).await.map_err(anyhow::Error::from),
+            cli::Command::Demo(args) => demo::run(args).await.map_err(anyhow::Error::from),
             other => commands::run(other).await,
         }
     });
