@@ -488,7 +488,7 @@ fn handle_event<const K: usize>(
                         log_info!("enrollment requested");
                     }
                     Err(_e) => {
-                        log_warn!("cannot enroll: {}", _e);
+                        log_warn!("cannot enroll: {:?}", _e);
                         sh.tunnel.close(GoodbyeReason::Shutdown);
                     }
                 }
@@ -512,12 +512,12 @@ fn handle_event<const K: usize>(
             log_info!("certificate installed");
             sh.dirty = true;
         }
-        TunnelEvent::CertificateRejected(_r) => log_warn!("certificate rejected: {}", _r),
+        TunnelEvent::CertificateRejected(_r) => log_warn!("certificate rejected: {:?}", _r),
         TunnelEvent::ConfigApplied { version: _v } => {
             log_info!("config {} applied", _v);
             ctx.bridge.borrow_mut().sync_config(&sh.state.config, true);
         }
-        TunnelEvent::ConfigRejected(_e) => log_warn!("config rejected: {}", _e),
+        TunnelEvent::ConfigRejected(_e) => log_warn!("config rejected: {:?}", _e),
         TunnelEvent::Revoked(_) => {
             log_warn!("node revoked by the gateway");
             ctx.bridge.borrow_mut().tunnel_down();
@@ -716,7 +716,7 @@ pub async fn run<R: CryptoRngCore, S: SlotStorage, const K: usize>(
             match res {
                 Ok(ConnectionEnd::Revoked) => break,
                 Ok(ConnectionEnd::Closed) => backoff.reset(),
-                Err(_e) => log_warn!("connection failed: {}", _e),
+                Err(_e) => log_warn!("connection failed: {:?}", _e),
             }
             if state.revoked {
                 break;
