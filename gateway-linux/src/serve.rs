@@ -368,8 +368,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_server = axum::serve(admin_listener, admin::router(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    // With the peer address, so the admin API can rate-limit per client.
+    let admin_server = axum::serve(
+        admin_listener,
+        admin::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin_task = tokio::spawn(async move { admin_server.await });
     let identity_task = tokio::spawn(identity_manager.run(stop_rx.clone()));
     let reload_task = tokio::spawn(crate::reload::watch_files(

@@ -568,6 +568,15 @@ impl ControlPlane {
         self.data_plane.get()
     }
 
+    /// The store's audit log: entries with `seq > after`, oldest first.
+    #[allow(dead_code, reason = "read by the admin UI's audit view")]
+    pub(crate) fn audit_log(
+        &self,
+        after: u64,
+    ) -> Result<Vec<meshgate_ca::AuditEntry>, meshgate_ca::StoreError> {
+        self.store.audit_log(after)
+    }
+
     /// Records the gateway's current identity and its expiry.
     pub(crate) fn set_identity(&self, spiffe_id: String, not_after: UnixTime) {
         *lock(&self.identity) = Some((spiffe_id, not_after));

@@ -86,13 +86,20 @@ impl AccessLogSink {
 pub(crate) struct AccessLog {
     sink: AccessLogSink,
     recent: Mutex<VecDeque<AccessEntry>>,
+    /// Live feed for the admin UI; a slow subscriber lags (and is told so
+    /// by the channel) instead of slowing requests down.
+    live: tokio::sync::broadcast::Sender<AccessEntry>,
 }
+
+/// How many entries a live subscriber may fall behind before it lags.
+const LIVE_CAPACITY: usize = 256;
 
 impl AccessLog {
     pub(crate) fn new(sink: AccessLogSink) -> Self {
         Self {
             sink,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
         }
     }
 
@@ -118,12 +125,19 @@ impl AccessLog {
         if let Err(e) = result {
             tracing::warn!(error = %e, "access log write failed");
         }
+        // No subscriber is not an error.
+        let _ = self.live.send(entry.clone());
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= RECENT_CAPACITY {
                 recent.pop_front();
             }
             recent.push_back(entry);
         }
+    }
+
+    /// Entries recorded from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AccessEntry> {
+        self.live.subscribe()
     }
 
     /// The most recent entries, oldest first.

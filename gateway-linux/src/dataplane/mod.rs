@@ -258,6 +258,14 @@ impl DataPlane {
         self.shared.metrics.plaintext_clients()
     }
 
+    /// Access-log entries from now on, as they are recorded (the admin
+    /// UI's live traffic view). A receiver that falls more than 256 entries
+    /// behind gets `RecvError::Lagged` and continues with newer ones.
+    #[allow(dead_code, reason = "read by the admin UI's live traffic view")]
+    pub(crate) fn subscribe_access_log(&self) -> tokio::sync::broadcast::Receiver<AccessEntry> {
+        self.shared.access_log.subscribe()
+    }
+
     /// The most recent access-log entries, oldest first.
     #[cfg_attr(
         not(test),
