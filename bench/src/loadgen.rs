@@ -64,7 +64,15 @@ pub enum LoadError {
     /// A 200 with a body that is not the upstream's.
     #[error("unexpected body of {0} bytes")]
     Body(usize),
+    /// No answer in time (a server at its connection limit keeps new
+    /// clients in the accept queue; a phase must not hang on that).
+    #[error("{0} timed out after {IO_TIMEOUT:?}")]
+    Timeout(&'static str),
 }
+
+/// The longest a connect (TCP + TLS) or one request may take before it
+/// counts as failed.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where requests go.
 #[derive(Clone, Debug)]
@@ -205,6 +213,12 @@ where
 
 /// Opens one connection (TCP, then the full mTLS handshake if TLS).
 pub async fn connect(ep: &Endpoint) -> Result<Conn, LoadError> {
+    tokio::time::timeout(IO_TIMEOUT, connect_inner(ep))
+        .await
+        .map_err(|_| LoadError::Timeout("connect"))?
+}
+
+async fn connect_inner(ep: &Endpoint) -> Result<Conn, LoadError> {
     let tcp = TcpStream::connect(ep.addr)
         .await
         .map_err(LoadError::Connect)?;
@@ -224,6 +238,12 @@ pub async fn connect(ep: &Endpoint) -> Result<Conn, LoadError> {
 impl Conn {
     /// Sends `GET /` and checks the answer is the upstream's 200 + body.
     pub async fn request(&mut self, host: &str) -> Result<(), LoadError> {
+        tokio::time::timeout(IO_TIMEOUT, self.request_inner(host))
+            .await
+            .map_err(|_| LoadError::Timeout("request"))?
+    }
+
+    async fn request_inner(&mut self, host: &str) -> Result<(), LoadError> {
         self.sender.ready().await?;
         let req = http::Request::get("/")
             .header(http::header::HOST, host)

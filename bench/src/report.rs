@@ -509,9 +509,10 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
          against the CA, no session tickets or session cache, forwarding HTTP/1.1 to the same \
          plaintext upstream on loopback with upstream keep-alive where the proxy has it. meshgate \
          runs with a STRICT PeerAuthentication for the `bench` namespace, so it really requires \
-         the client certificate; it also evaluates authorization, adds `x-forwarded-client-cert` \
-         and writes a JSON access log line per request (to /dev/null), which nginx and HAProxy \
-         (access log off) do not."
+         the client certificate; it also evaluates PeerAuthentication/AuthorizationPolicy per \
+         request and adds `x-forwarded-client-cert`, which nginx and HAProxy do not. Access logs \
+         are off everywhere (meshgate: `MESHGATE_ACCESS_LOG=off`, which keeps only the admin \
+         API's in-memory list of recent entries)."
     );
     let _ = writeln!(
         s,

@@ -444,8 +444,9 @@ spec:
 
 /// Starts `meshgate serve` with the bench CA plugged in as `cacerts` (so
 /// its serving certificate chains to the bench CA and it trusts the
-/// client certificate), one tokio worker thread, access log to
-/// /dev/null, warnings only on stderr.
+/// client certificate), one tokio worker thread, the access log off (as
+/// for nginx and HAProxy; `MESHGATE_ACCESS_LOG=off` keeps only the admin
+/// API's in-memory recent list), warnings only on stderr.
 pub fn start_meshgate(env: &Env) -> Result<Server, TargetError> {
     let port = free_port().map_err(io_err("reserve a port for meshgate"))?;
     let admin_port = free_port().map_err(io_err("reserve an admin port for meshgate"))?;
@@ -470,6 +471,7 @@ pub fn start_meshgate(env: &Env) -> Result<Server, TargetError> {
         // meshgate has no worker-thread setting; tokio's multi-thread
         // runtime reads this variable when none is set in code.
         .env("TOKIO_WORKER_THREADS", "1")
+        .env("MESHGATE_ACCESS_LOG", "off")
         .env("RUST_LOG", "warn");
     spawn_listening(
         Kind::Meshgate,
