@@ -127,12 +127,20 @@ pub(crate) enum ServeError {
 /// bundle change (root roll-over) swaps a new [`dataplane::Identity`] in, so
 /// new handshakes use it and established connections are untouched. The
 /// key exists only inside that `Identity`, in memory.
-#[derive(Default)]
 pub(crate) struct DataPlaneIdentity {
     slot: std::sync::Mutex<Option<Arc<ArcSwap<dataplane::Identity>>>>,
+    /// Consulted by the identity's client-certificate verifier.
+    revocation: Arc<dyn dataplane::RevocationCheck>,
 }
 
 impl DataPlaneIdentity {
+    fn new(revocation: Arc<dyn dataplane::RevocationCheck>) -> Self {
+        Self {
+            slot: std::sync::Mutex::new(None),
+            revocation,
+        }
+    }
+
     /// The shared identity, once the first certificate was installed.
     fn shared(&self) -> Option<Arc<ArcSwap<dataplane::Identity>>> {
         crate::state::lock(&self.slot).clone()
@@ -141,10 +149,11 @@ impl DataPlaneIdentity {
 
 impl IdentitySink for DataPlaneIdentity {
     fn install(&self, issued: &IssuedCertificate, key: LeafKey) -> Result<(), String> {
-        let id = dataplane::Identity::new(
+        let id = dataplane::Identity::with_revocation(
             issued.full_chain(),
             PrivateKeyDer::Pkcs8(key.into_pkcs8_der()),
             &issued.trust_bundle,
+            Some(self.revocation.clone()),
         )
         .map_err(|e| e.to_string())?;
         let mut slot = crate::state::lock(&self.slot);
@@ -155,6 +164,27 @@ impl IdentitySink for DataPlaneIdentity {
         Ok(())
     }
 }
+
+/// The CA's revocation list as the data plane asks it: per handshake and
+/// for open connections. A lookup is a read lock and a short scan.
+struct CaRevocations(Arc<CertificateAuthority>);
+
+impl core::fmt::Debug for CaRevocations {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CaRevocations")
+    }
+}
+
+impl dataplane::RevocationCheck for CaRevocations {
+    fn is_revoked(&self, spiffe_id: &str, serial: &[u8]) -> bool {
+        self.0.is_revoked(spiffe_id, serial, crate::identity::now())
+    }
+}
+
+/// How often open connections are checked against the revocation list
+/// besides the immediate check when the admin API revokes (covers
+/// revocations recorded any other way); well within the 1 s promise.
+const REVOCATION_SWEEP: core::time::Duration = core::time::Duration::from_millis(250);
 
 /// Builds the data plane's routing snapshot for every configuration the
 /// control plane accepts. `prepare` runs before anything is persisted or
@@ -297,7 +327,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         crate::identity::now(),
         "meshgate",
     )?);
-    let sink = Arc::new(DataPlaneIdentity::default());
+    let revocations: Arc<dyn dataplane::RevocationCheck> = Arc::new(CaRevocations(ca.clone()));
+    let sink = Arc::new(DataPlaneIdentity::new(revocations.clone()));
     let (identity_manager, identity) = IdentityManager::start(
         ca.clone(),
         settings.identity.spiffe_id.clone(),
@@ -346,6 +377,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         listener_tasks.push(task);
     }
     control.set_listeners(bound.clone());
+    dp.set_revocation_check(revocations);
     control.set_data_plane(dp.clone());
 
     let admin_addr = args.admin_addr.unwrap_or(settings.admin_address);
@@ -391,6 +423,24 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
                     _ = tokio::time::sleep(ROOT_CHECK_INTERVAL) => {
                         if admin::ca_api::drop_retired_roots(&ca) {
                             identity.renew_now();
+                        }
+                    }
+                    () = crate::serve::stopped(stop.clone()) => return,
+                }
+            }
+        })
+    };
+
+    let sweep_task = {
+        let control = control.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(REVOCATION_SWEEP) => {
+                        let closed = control.revocations_changed();
+                        if closed > 0 {
+                            tracing::info!(closed, "closed connections of revoked peers");
                         }
                     }
                     () = crate::serve::stopped(stop.clone()) => return,
@@ -451,7 +501,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             admin_task,
             identity_task,
             reload_task,
-            roots_task
+            roots_task,
+            sweep_task
         );
         open
     };

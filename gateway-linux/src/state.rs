@@ -563,9 +563,16 @@ impl ControlPlane {
     /// access log ([`crate::dataplane::DataPlane::recent_access_log`]),
     /// open connections ([`crate::dataplane::DataPlane::active_connections`]).
     /// `None` until `serve` has bound the listeners.
-    #[allow(dead_code, reason = "read by the admin UI's data-plane endpoints")]
     pub(crate) fn data_plane(&self) -> Option<&crate::dataplane::DataPlane> {
         self.data_plane.get()
+    }
+
+    /// A certificate was revoked: close the data plane's open connections
+    /// of revoked peers now (new handshakes already consult the CA).
+    /// Returns how many connections were told to close.
+    pub(crate) fn revocations_changed(&self) -> usize {
+        self.data_plane()
+            .map_or(0, crate::dataplane::DataPlane::close_revoked)
     }
 
     /// The store's audit log: entries with `seq > after`, oldest first.

@@ -35,6 +35,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use super::peer::{self, PeerIdError};
+use super::revocation::RevocationCheck;
 
 /// Why an identity could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +92,23 @@ const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 impl Identity {
     /// Builds an identity from DER: `chain[0]` is the gateway's leaf.
+    /// Nothing is revoked (see [`Self::with_revocation`]).
     pub(crate) fn new(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         roots: &[CertificateDer<'static>],
+    ) -> Result<Self, IdentityError> {
+        Self::with_revocation(chain, key, roots, None)
+    }
+
+    /// Like [`Self::new`], with client certificates also checked against
+    /// `revocation` during the handshake (a revoked one fails it with the
+    /// `certificate_revoked` alert).
+    pub(crate) fn with_revocation(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: &[CertificateDer<'static>],
+        revocation: Option<Arc<dyn RevocationCheck>>,
     ) -> Result<Self, IdentityError> {
         let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
         if roots.is_empty() {
@@ -134,6 +148,7 @@ impl Identity {
             Ok(Arc::new(SpiffeClientVerifier {
                 inner,
                 trust_domain: trust_domain.clone(),
+                revocation: revocation.clone(),
             }))
         };
         let required = verifier(true)?;
@@ -247,6 +262,7 @@ impl ResolvesClientCert for FixedClientCert {
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: OwnedTrustDomain,
+    revocation: Option<Arc<dyn RevocationCheck>>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -270,15 +286,26 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        match peer::check_workload_id(end_entity, self.trust_domain.borrow()) {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(e) => {
-                tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
+        if let Err(e) = peer::check_workload_id(end_entity, self.trust_domain.borrow()) {
+            tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        if let Some(revocation) = &self.revocation {
+            let peer = peer::peer_of(end_entity).map_err(|_| {
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            })?;
+            if revocation.is_revoked(peer.spiffe_id.borrow().as_str(), &peer.serial) {
+                tracing::info!(
+                    spiffe_id = peer.spiffe_id.borrow().as_str(),
+                    serial = %hex::encode(&peer.serial),
+                    "client certificate is revoked; handshake refused"
+                );
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
             }
         }
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

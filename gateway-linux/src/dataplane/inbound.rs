@@ -274,36 +274,79 @@ pub(crate) async fn handle(
         },
     };
     let h2 = conn.alpn_protocol() == Some(b"h2".as_slice());
+    // Registered before the last revocation check, so a revocation recorded
+    // after the verifier ran is either seen here or finds this connection
+    // in the registry.
+    let registration = peer.as_ref().map(|p| shared.live.register(p));
+    if peer.as_ref().is_some_and(|p| shared.is_revoked(p)) {
+        refused(
+            &shared,
+            &snapshot,
+            source,
+            route.as_ref(),
+            "mtls",
+            "certificate_revoked",
+            started,
+        );
+        return;
+    }
     let security = ConnSecurity::Tls { peer };
-    match (listener.protocol, route, mode) {
-        (Protocol::Tcp, Some(route), Some(mode)) => {
-            tcp_proxy::serve(
-                tls,
-                ctx(security, sni.as_deref()),
-                snapshot,
-                route,
-                mode,
-                TcpKind::Terminated,
-                started,
-            )
-            .await;
+    let serve = {
+        let snapshot = snapshot.clone();
+        async {
+            match (listener.protocol, route, mode) {
+                (Protocol::Tcp, Some(route), Some(mode)) => {
+                    tcp_proxy::serve(
+                        tls,
+                        ctx(security, sni.as_deref()),
+                        snapshot,
+                        route,
+                        mode,
+                        TcpKind::Terminated,
+                        started,
+                    )
+                    .await;
+                }
+                (Protocol::Tcp, _, _) => {
+                    refused(&shared, &snapshot, source, None, "tls", "no_route", started);
+                }
+                (Protocol::Http, _, _) => {
+                    let c = ctx(security, sni.as_deref());
+                    shared.metrics.connection(DecisionLabels {
+                        destination: "-".to_owned(),
+                        security: if c.security.peer().is_some() {
+                            "mutual_tls"
+                        } else {
+                            "none"
+                        },
+                        decision: "allow",
+                        reason: "tls_established".to_owned(),
+                    });
+                    http_proxy::serve(tls, Some(h2), c).await;
+                }
+            }
         }
-        (Protocol::Tcp, _, _) => {
-            refused(&shared, &snapshot, source, None, "tls", "no_route", started);
-        }
-        (Protocol::Http, _, _) => {
-            let c = ctx(security, sni.as_deref());
-            shared.metrics.connection(DecisionLabels {
-                destination: "-".to_owned(),
-                security: if c.security.peer().is_some() {
-                    "mutual_tls"
-                } else {
-                    "none"
-                },
-                decision: "allow",
-                reason: "tls_established".to_owned(),
-            });
-            http_proxy::serve(tls, Some(h2), c).await;
+    };
+    match registration {
+        None => serve.await,
+        Some(registration) => {
+            tokio::select! {
+                () = serve => {}
+                () = registration.close.notified() => {
+                    // Dropping `serve` drops the TLS stream: the socket is
+                    // closed and any request on it ends.
+                    tracing::info!(%source, "closing a connection: the peer's certificate was revoked");
+                    refused(
+                        &shared,
+                        &snapshot,
+                        source,
+                        None,
+                        "mtls",
+                        "certificate_revoked",
+                        started,
+                    );
+                }
+            }
         }
     }
 }
@@ -362,6 +405,7 @@ fn classify_handshake_error(e: &io::Error) -> &'static str {
     match err {
         Error::NoCertificatesPresented => "certificate_required",
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(CertificateError::Revoked) => "certificate_revoked",
         Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
             "bad_spiffe_id"
         }

@@ -27,6 +27,7 @@ pub(crate) mod metrics;
 mod outbound;
 mod peer;
 mod prefixed;
+pub(crate) mod revocation;
 pub(crate) mod snapshot;
 mod tcp_proxy;
 mod xfcc;
@@ -49,6 +50,7 @@ pub(crate) use access_log::{AccessEntry, AccessLog, AccessLogSink};
 pub(crate) use identity::{Identity, Protocol};
 
 pub(crate) use metrics::PlaintextClient;
+pub(crate) use revocation::RevocationCheck;
 pub(crate) use snapshot::{Snapshot, SnapshotError};
 
 /// Tunables of the data plane.
@@ -114,6 +116,19 @@ pub(crate) struct Shared {
     limit: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     active: AtomicUsize,
+    /// Open mTLS connections by peer, for closing revoked ones.
+    live: Arc<revocation::LiveConnections>,
+    /// The control plane's revocation list (none: nothing is revoked).
+    revocation: std::sync::OnceLock<Arc<dyn RevocationCheck>>,
+}
+
+impl Shared {
+    /// Whether `peer`'s certificate is revoked now.
+    pub(crate) fn is_revoked(&self, peer: &peer::PeerIdentity) -> bool {
+        self.revocation
+            .get()
+            .is_some_and(|r| r.is_revoked(peer.spiffe_id.borrow().as_str(), &peer.serial))
+    }
 }
 
 /// The handle the control plane holds.
@@ -156,6 +171,8 @@ impl DataPlane {
                 limit,
                 shutdown,
                 active: AtomicUsize::new(0),
+                live: Arc::default(),
+                revocation: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -232,6 +249,23 @@ impl DataPlane {
                 return open;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Installs the revocation list consulted for open connections (set
+    /// once; the TLS verifier gets the same check through
+    /// [`Identity::with_revocation`]).
+    pub(crate) fn set_revocation_check(&self, check: Arc<dyn RevocationCheck>) {
+        let _ = self.shared.revocation.set(check);
+    }
+
+    /// Closes every open mTLS connection whose peer certificate is revoked
+    /// now; returns how many were signalled. Called when a revocation is
+    /// recorded and periodically as a safety net.
+    pub(crate) fn close_revoked(&self) -> usize {
+        match self.shared.revocation.get() {
+            Some(check) => self.shared.live.close_revoked(&**check),
+            None => 0,
         }
     }
 

@@ -40,22 +40,31 @@ pub(crate) enum PeerIdError {
     },
 }
 
-/// A verified peer certificate: its SPIFFE ID and the SHA-256 of the leaf
-/// (for the XFCC `Hash=` element). Whether the ID is acceptable (trust
-/// domain, workload shape) is decided by core admission, not here.
+/// A verified peer certificate: its SPIFFE ID, the SHA-256 of the leaf
+/// (for the XFCC `Hash=` element) and its serial (for revocation by
+/// serial). Whether the ID is acceptable (trust domain, workload shape) is
+/// decided by core admission, not here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerIdentity {
     pub(crate) spiffe_id: OwnedSpiffeId,
     pub(crate) leaf_sha256_hex: String,
+    /// The serial's big-endian bytes without leading zero bytes (how the
+    /// CA records serials).
+    pub(crate) serial: Vec<u8>,
 }
 
-/// Reads the SPIFFE ID of a peer leaf whose chain was verified.
+/// Reads the SPIFFE ID and serial of a peer leaf whose chain was verified.
 pub(crate) fn peer_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerIdError> {
-    let uri = single_uri_san(leaf)?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
+    let uri = uri_san_of(&cert)?;
     let spiffe_id = OwnedSpiffeId::parse(&uri).map_err(PeerIdError::NotSpiffe)?;
+    let raw = cert.raw_serial();
+    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
     Ok(PeerIdentity {
         spiffe_id,
         leaf_sha256_hex: hex::encode(Sha256::digest(leaf.as_ref())),
+        serial: raw.get(start..).unwrap_or_default().to_vec(),
     })
 }
 
@@ -83,6 +92,10 @@ pub(crate) fn check_workload_id(
 pub(crate) fn single_uri_san(leaf: &CertificateDer<'_>) -> Result<String, PeerIdError> {
     let (_, cert) =
         X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
+    uri_san_of(&cert)
+}
+
+fn uri_san_of(cert: &X509Certificate<'_>) -> Result<String, PeerIdError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|_| PeerIdError::BadCertificate)?

@@ -42,6 +42,7 @@ mod tests {
             spiffe_id: OwnedSpiffeId::parse("spiffe://cluster.local/ns/bookinfo/sa/sleep")
                 .expect("id"),
             leaf_sha256_hex: "ab".repeat(32),
+            serial: vec![1, 2, 3],
         }
     }
 
