@@ -17,7 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use meshgate_config::policy::Policy;
 use meshgate_core::policy::{Action, Workload};
 use serde::Deserialize;
@@ -26,6 +26,7 @@ use super::types::{
     ApiError, DecidingPolicy, PolicyItem, PolicyList, PortView, ResourceRef, ServiceList,
     ServiceView,
 };
+use super::ui::Actor;
 use super::{AdminState, error_response};
 use crate::state::{ChangeError, Config, PolicyEntry, ServiceInfo, key_of, rfc3339};
 
@@ -56,11 +57,7 @@ struct SourceQuery {
     source: Option<String>,
 }
 
-/// Who made a change, for the audit log. Only the admin token exists for
-/// now; the UI's sessions will name their user.
-const ACTOR: &str = "admin-api";
-
-fn change_error(e: &ChangeError) -> Response {
+pub(crate) fn change_error(e: &ChangeError) -> Response {
     let status = if e.is_client_error() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -98,6 +95,7 @@ fn body_text(body: &axum::body::Bytes) -> Result<&str, (StatusCode, &'static str
 
 async fn apply(
     State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<SourceQuery>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -106,7 +104,11 @@ async fn apply(
         Err((status, msg)) => return error_response(status, msg),
     };
     let origin = q.source.unwrap_or_else(|| "request".to_owned());
-    match state.control.apply_yaml(&origin, text, ACTOR).await {
+    match state
+        .control
+        .apply_yaml(&origin, text, actor.as_str())
+        .await
+    {
         Ok(result) => Json(result).into_response(),
         Err(e) => change_error(&e),
     }
@@ -114,6 +116,7 @@ async fn apply(
 
 async fn delete_yaml(
     State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<SourceQuery>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -122,7 +125,11 @@ async fn delete_yaml(
         Err((status, msg)) => return error_response(status, msg),
     };
     let origin = q.source.unwrap_or_else(|| "request".to_owned());
-    match state.control.delete_yaml(&origin, text, ACTOR).await {
+    match state
+        .control
+        .delete_yaml(&origin, text, actor.as_str())
+        .await
+    {
         Ok(result) => Json(result).into_response(),
         Err(e) => change_error(&e),
     }
@@ -130,13 +137,14 @@ async fn delete_yaml(
 
 async fn delete_one(
     State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> Response {
     let Some(kind) = canonical_kind(&kind) else {
         return error_response(StatusCode::NOT_FOUND, "unknown policy kind");
     };
     let key = (kind.to_owned(), namespace, name);
-    match state.control.delete_keys(vec![key], ACTOR).await {
+    match state.control.delete_keys(vec![key], actor.as_str()).await {
         Ok(result) => Json(result).into_response(),
         Err(e) => change_error(&e),
     }
@@ -158,7 +166,7 @@ struct PolicyQuery {
     format: Option<String>,
 }
 
-fn summary(p: &Policy) -> String {
+pub(crate) fn summary(p: &Policy) -> String {
     match p {
         Policy::PeerAuthentication(pa) => {
             let mut s = pa.mode.as_str().to_owned();

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/api/v1/ca` | roots, fingerprints, expiry, issuance counts (`meshgate ca show`) |
 //! | POST | `/api/v1/ca/rotate-root` | start a root roll-over (`meshgate ca rotate-root`) |
+//! | GET | `/api/v1/certificates` | gateway certificate, issued certificates, revocations ([`super::ui::certificates`]) |
 //! | POST | `/api/v1/certificates` | sign a CSR for a SPIFFE ID (`meshgate cert issue`) |
 
 use std::sync::Arc;
@@ -26,7 +27,10 @@ pub(crate) fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/api/v1/ca", get(show))
         .route("/api/v1/ca/rotate-root", post(rotate_root))
-        .route("/api/v1/certificates", post(issue))
+        .route(
+            "/api/v1/certificates",
+            get(super::ui::certificates).post(issue),
+        )
 }
 
 /// Builds the `ca show` view from the CA's summary.

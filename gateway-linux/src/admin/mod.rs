@@ -1,20 +1,25 @@
 //! The admin server (axum) on its own port: health probes, Prometheus
 //! metrics and the authenticated JSON API under `/api/v1/`.
 //!
-//! Only `/healthz` and `/readyz` are open. Every other path — including
-//! unknown ones, so that the route table cannot be probed — needs
-//! `Authorization: Bearer <admin token>` (see [`token`]). The API's JSON
-//! shapes are in [`types`]; the handlers in [`api`] translate between them
-//! and the control plane ([`crate::state::ControlPlane`]).
+//! Only `/healthz`, `/readyz` and the static browser UI with its login
+//! endpoint are open. Every other path — including unknown ones, so that
+//! the route table cannot be probed — needs `Authorization: Bearer <admin
+//! token>` (see [`token`]) or a browser session cookie, and with the cookie
+//! a state-changing request also needs the session's CSRF token (see
+//! [`ui::session`]). The API's JSON shapes are in [`types`]; the handlers
+//! in [`api`], [`ca_api`] and [`ui`] translate between them and the control
+//! plane ([`crate::state::ControlPlane`]).
 
 pub(crate) mod api;
 pub(crate) mod ca_api;
 pub(crate) mod token;
 pub(crate) mod types;
+pub(crate) mod ui;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -25,6 +30,7 @@ use axum::routing::get;
 use crate::state::ControlPlane;
 use token::AdminAuth;
 use types::ApiError;
+use ui::{Actor, SessionCheck, UiShared};
 
 /// Everything the admin handlers share.
 pub(crate) struct AdminState {
@@ -53,50 +59,87 @@ impl core::fmt::Debug for AdminState {
 
 /// Builds the admin router.
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
+    // The admin listener serves plain HTTP in this build (see `serve`), so
+    // session cookies cannot be `Secure`: a browser would never send them
+    // back. Pass `true` here once the admin port terminates TLS.
+    let ui_shared = Arc::new(UiShared::new(false));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
         .merge(ca_api::routes())
+        .merge(ui::router())
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), ui_shared.clone()),
+            authenticate,
+        ))
+        .layer(Extension(ui_shared))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
 
 /// Paths that answer without a token: the probes a kubelet or load
-/// balancer calls, which must not need a secret.
+/// balancer calls, which must not need a secret, and the browser UI's
+/// static files and login endpoint.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz") || ui::is_open(path)
 }
 
-async fn authenticate(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+/// Lets a request through with a valid bearer token, or with a valid
+/// session cookie (plus the CSRF token when it changes state), and records
+/// who is acting for the audit log. A request that carries an
+/// `Authorization` header is judged by it alone.
+async fn authenticate(
+    State((state, ui)): State<(Arc<AdminState>, Arc<UiShared>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let ok = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| state.auth.verify_header(v));
-    if ok {
-        next.run(req).await
-    } else {
-        let mut resp = error_response(
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid admin token (send Authorization: Bearer <token>)",
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"meshgate\""),
-        );
-        resp
+        .map(|v| v.to_str().is_ok_and(|v| state.auth.verify_header(v)));
+    let actor = match bearer {
+        Some(true) => Some(Actor::Api),
+        Some(false) => None,
+        None => match ui.sessions.check(req.method(), req.headers()) {
+            SessionCheck::Valid => Some(Actor::Ui),
+            SessionCheck::Forbidden(why) => return error_response(StatusCode::FORBIDDEN, why),
+            SessionCheck::Absent | SessionCheck::Invalid => None,
+        },
+    };
+    match actor {
+        Some(actor) => {
+            req.extensions_mut().insert(actor);
+            next.run(req).await
+        }
+        None => {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid admin token (send Authorization: Bearer <token>) or session",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"meshgate\""),
+            );
+            resp
+        }
     }
 }
 
+/// The UI's Content-Security-Policy: scripts, styles and connections only
+/// from this origin, no inline script or style, no plugins, no framing,
+/// forms only to this origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
 /// Headers on every admin answer: nothing here may be cached by a proxy
-/// or browser (tokens, keys, policies), sniffed as another type, or framed.
+/// or browser (tokens, keys, policies), sniffed as another type, framed,
+/// leak its URL in a Referer, or run script from elsewhere.
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
@@ -106,6 +149,26 @@ async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=(), payment=()"),
+    );
     resp
 }
 
