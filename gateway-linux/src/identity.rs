@@ -124,7 +124,12 @@ impl IdentityManager {
                 id: id.as_str().to_owned(),
                 source,
             })?;
-        let validity = Validity::new(issued.not_before, issued.not_after)
+        // The schedule runs on the lifetime from issuance: `not_before` is
+        // backdated (clock-skew tolerance), and counting that minute would
+        // put the renewal point of a short-lived certificate in the past
+        // (a 60 s certificate would be renewed again at once, forever).
+        let issued_at = UnixTime::from_secs(at.as_secs()).max(issued.not_before);
+        let validity = Validity::new(issued_at, issued.not_after)
             .map_err(|_| IdentityError::Rejected(meshgate_core::rotation::RejectReason::Expired))?;
         // Check with the schedule before installing, so a certificate the
         // schedule would refuse never reaches the data plane.

@@ -12,6 +12,9 @@
 //! `MESHGATE_ACCESS_LOG` chooses another sink: `off` (only the admin API's
 //! in-memory recent list), `stdout`/`-`, or a file path (appended to).
 //!
+//! Testing only: `MESHGATE_UNSAFE_CERT_TTL_SECS` overrides the gateway
+//! certificate's lifetime (see [`UNSAFE_CERT_TTL_ENV`]).
+//!
 //! On stop, `/readyz` turns false at once (so a load balancer stops
 //! sending), listeners stop accepting, and in-flight requests get up to
 //! `--drain-timeout` to finish before the process exits 0.
@@ -116,6 +119,14 @@ pub(crate) enum ServeError {
         /// The error.
         source: std::io::Error,
     },
+    /// An environment variable has an unusable value.
+    #[error("{var}={value:?}: expected a whole number of seconds greater than 0")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// Installing a signal handler failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -203,6 +214,23 @@ impl Subscriber for SnapshotPublisher {
         let target = self.snapshot.clone();
         let snap = Arc::new(snap);
         Ok(Box::new(move || target.store(snap)))
+    }
+}
+
+/// Test-only: the gateway certificate's lifetime in seconds, overriding the
+/// settings' `identity.certTtl` (which refuses less than 60 s). Rotation
+/// tests use it to see many renewals in minutes; the CA still applies its
+/// own minimum. Never set it in production: it is logged as a warning.
+const UNSAFE_CERT_TTL_ENV: &str = "MESHGATE_UNSAFE_CERT_TTL_SECS";
+
+/// Reads a whole number of seconds from `var`, if set.
+fn unsafe_secs_env(var: &'static str) -> Result<Option<core::time::Duration>, ServeError> {
+    match std::env::var(var) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Some(core::time::Duration::from_secs(secs))),
+            _ => Err(ServeError::BadEnv { var, value: v }),
+        },
     }
 }
 
@@ -320,6 +348,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let mut ca_config = CaConfig::new(settings.trust_domain.clone());
     ca_config.default_ttl = settings.identity.cert_ttl;
+    let identity_ttl = match unsafe_secs_env(UNSAFE_CERT_TTL_ENV)? {
+        Some(ttl) => {
+            tracing::warn!(
+                secs = ttl.as_secs(),
+                "{UNSAFE_CERT_TTL_ENV} overrides the gateway certificate lifetime (testing only)"
+            );
+            ttl
+        }
+        None => settings.identity.cert_ttl,
+    };
     let ca = Arc::new(CertificateAuthority::open(
         store.clone(),
         ca_config,
@@ -332,7 +370,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let (identity_manager, identity) = IdentityManager::start(
         ca.clone(),
         settings.identity.spiffe_id.clone(),
-        settings.identity.cert_ttl,
+        identity_ttl,
         sink.clone(),
         control.clone(),
     )?;
