@@ -8,10 +8,10 @@
 //! the write's number N in its principal, and a new policy `p-N`. So the
 //! state after write N is: marker = N and exactly p-1..=p-N.
 
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use meshgate_e2e::{Gateway, meshgate_bin};
 
