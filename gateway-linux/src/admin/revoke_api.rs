@@ -87,13 +87,6 @@ fn view(r: &Revocation) -> RevocationView {
 }
 
 /// The revocation routes; the caller adds authentication.
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "mounted by admin::router (requested from the UI engineer)"
-    )
-)]
 pub(crate) fn routes() -> Router<Arc<AdminState>> {
     Router::new().route("/api/v1/revocations", get(list).post(revoke))
 }
