@@ -303,6 +303,9 @@ services:
             .arg("--drain-timeout")
             .arg("3")
             .env("RUST_LOG", "info")
+            // Gateways run in parallel: every listener on an ephemeral port
+            // (the edge tunnel's default is a fixed one).
+            .env("MESHGATE_EDGE_ADDR", "127.0.0.1:0")
             .env_remove("MESHGATE_ACCESS_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
