@@ -1,5 +1,5 @@
 //! The client commands: `apply`, `delete`, `get`, `check`, `cert issue`,
-//! `ca show`, `ca rotate-root`. Each one is a call to a running gateway's
+//! `cert revoke`, `ca show`, `ca rotate-root`. Each one is a call to a running gateway's
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -352,6 +352,47 @@ async fn cert_issue(a: CertIssueArgs) -> anyhow::Result<()> {
     println!(
         "use: curl --cert {0}/chain.pem --key {0}/key.pem --cacert {0}/ca.pem https://...",
         a.out.display()
+    );
+    Ok(())
+}
+
+/// `meshgate cert revoke (--spiffe-id ID | --serial HEX) [--reason TEXT]`:
+/// revokes in the gateway's CA; the gateway refuses new handshakes with the
+/// certificate(s) at once and closes their open connections. The CLI
+/// variant is added in cli.rs by its owner (see REQUESTS.md); the match arm
+/// is `Command::Cert(CertCommand::Revoke(a)) => cert_revoke(&a.admin,
+/// a.spiffe_id.as_deref(), a.serial.as_deref(), &a.reason).await`.
+#[allow(dead_code, reason = "dispatched once cli.rs has `cert revoke`")]
+pub(crate) async fn cert_revoke(
+    admin: &AdminArgs,
+    spiffe_id: Option<&str>,
+    serial: Option<&str>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    use crate::admin::revoke_api::{RevokeRequest, RevokeResponse};
+    if spiffe_id.is_some() == serial.is_some() {
+        anyhow::bail!("give exactly one of --spiffe-id and --serial");
+    }
+    let req = RevokeRequest {
+        spiffe_id: spiffe_id.map(str::to_owned),
+        serial: serial.map(str::to_owned),
+        reason: reason.to_owned(),
+    };
+    let resp: RevokeResponse = connect(admin)?
+        .call_json(
+            Method::POST,
+            "/api/v1/revocations",
+            "application/json",
+            Bytes::from(serde_json::to_vec(&req)?),
+        )
+        .await?;
+    let r = &resp.revocation;
+    println!(
+        "revoked {} {} (kept until {}); {} open connection(s) closed",
+        r.kind.replace('_', " "),
+        r.target,
+        r.keep_until,
+        resp.closed_connections
     );
     Ok(())
 }
