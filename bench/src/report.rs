@@ -233,6 +233,10 @@ pub fn goals(plan: &Plan, mesh: &Summary, nginx: &Summary) -> Vec<Goal> {
     out
 }
 
+/// A 1-minute load average at or above this at the start marks the run
+/// as taken on a busy machine.
+const BUSY_LOAD: f64 = 1.5;
+
 /// The markdown report.
 pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> String {
     let mut s = String::new();
@@ -253,6 +257,51 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
          Absolute numbers drift 5–25 % between runs on a shared machine: only the \
          ratios within this one interleaved run are meaningful.\n"
     );
+    let mut caveats = Vec::new();
+    let load1 = machine
+        .load_before
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok());
+    if let Some(l) = load1.filter(|l| *l >= BUSY_LOAD) {
+        caveats.push(format!(
+            "the machine was busy (1-minute load average {l:.2} at the start, {} at the end, on \
+             {} CPU(s)): other work competed with the servers, so even the ratios are unreliable",
+            machine.load_after, machine.nproc
+        ));
+    }
+    if plan.rounds < 3 {
+        caveats.push(format!(
+            "only {} round(s): the issue asks for at least 3 interleaved rounds",
+            plan.rounds
+        ));
+    }
+    let full = Plan::full();
+    if plan.phase < full.phase || plan.idle != full.idle {
+        caveats.push(format!(
+            "shortened run ({} s phases, idle {}), not the full plan ({} s, idle {})",
+            plan.phase.as_secs_f64(),
+            plan.idle
+                .iter()
+                .map(|n| count_label(*n))
+                .collect::<Vec<_>>()
+                .join("/"),
+            full.phase.as_secs_f64(),
+            full.idle
+                .iter()
+                .map(|n| count_label(*n))
+                .collect::<Vec<_>>()
+                .join("/"),
+        ));
+    }
+    if !caveats.is_empty() {
+        let _ = writeln!(
+            s,
+            "> **Regenerate these numbers** with `bench/run` on a quiet machine before relying \
+             on them: {}.\n",
+            caveats.join("; ")
+        );
+    }
     let _ = writeln!(s, "![benchmark chart](benchmarks.svg)\n");
     let _ = writeln!(s, "## Run\n");
     let _ = writeln!(s, "| | |\n|---|---|");
@@ -385,7 +434,11 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
     header.push_str(" latency: ok/err, p50/p99/max ms, server CPU s |");
     align.push_str("---|");
     for &n in &plan.idle {
-        let _ = write!(header, " idle {}: RSS MiB, fds/conn |", count_label(n));
+        let _ = write!(
+            header,
+            " idle {}: RSS MiB, fds/conn, s to open |",
+            count_label(n)
+        );
         align.push_str("---|");
     }
     let _ = writeln!(s, "{header}\n{align}");
@@ -435,17 +488,18 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
             None => row.push_str(" — |"),
         }
         for &n in &plan.idle {
-            let point = r
-                .idle
-                .as_ref()
-                .and_then(|i| i.points.iter().find(|(m, _)| *m == n).map(|(_, u)| (i, u)));
+            let point = r.idle.as_ref().and_then(|i| {
+                let k = i.points.iter().position(|(m, _)| *m == n)?;
+                Some((i, i.points[k].1, i.open_secs.get(k).copied()))
+            });
             match point {
-                Some((i, u)) => {
+                Some((i, u, secs)) => {
                     let _ = write!(
                         row,
-                        " {:.1}, {} |",
+                        " {:.1}, {}, {} |",
                         u.rss_bytes as f64 / 1048576.0,
-                        num(i.fds_per_conn(n), 2)
+                        num(i.fds_per_conn(n), 2),
+                        num(secs, 1)
                     );
                 }
                 None => row.push_str(" — |"),
@@ -480,10 +534,11 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
                 problems.push(format!("{tag}, idle connections: {e}"));
             }
             for &(n, _) in &i.points {
-                if i.fds_per_conn(n).is_some_and(|f| f < 0.98) {
+                if !i.all_held(n) {
                     problems.push(format!(
-                        "{tag}, idle {n}: the server holds fewer sockets than connections \
-                         ({} fds per connection): it closed some, so its memory figure is too low",
+                        "{tag}, idle {n}: the server had closed some of the idle connections \
+                         when its memory was sampled ({} new fds per opened connection), so no \
+                         memory-per-connection figure is given",
                         num(i.fds_per_conn(n), 2)
                     ));
                 }
@@ -574,7 +629,9 @@ struct Panel {
 }
 
 fn short(v: f64) -> String {
-    if v >= 100_000.0 {
+    if v == 0.0 {
+        "0".to_owned()
+    } else if v >= 100_000.0 {
         format!("{:.0}k", v / 1000.0)
     } else if v >= 10_000.0 {
         format!("{:.1}k", v / 1000.0)
@@ -757,12 +814,23 @@ pub fn svg(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> String {
     );
     let _ = writeln!(
         out,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">meshgate vs nginx vs HAProxy: mTLS termination, one worker each (medians of {} round(s))</text><text x="10" y="40" font-size="11" fill="#555555">{}; {} CPU(s), {}; load avg before {}</text>"##,
+        r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">meshgate vs nginx vs HAProxy: mTLS termination, one worker each (medians of {} round(s))</text><text x="10" y="40" font-size="11" fill="#555555">{}; {} CPU(s), {}; load avg before {}{}</text>"##,
         plan.rounds,
         esc(&machine.date),
         machine.nproc,
         esc(&machine.cpu_model),
-        esc(&machine.load_before)
+        esc(&machine.load_before),
+        if machine
+            .load_before
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l >= BUSY_LOAD)
+        {
+            " (busy machine: regenerate)"
+        } else {
+            ""
+        }
     );
     let mut lx = 10.0;
     for (k, _) in &sums {

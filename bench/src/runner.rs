@@ -97,6 +97,11 @@ impl Phase {
     }
 }
 
+/// Below this many new server descriptors per opened connection the
+/// server has closed some idle connections (a few may legitimately be
+/// missing while the last ones are still being accepted).
+pub const MIN_FDS_PER_CONN: f64 = 0.98;
+
 /// Memory with idle connections held.
 #[derive(Debug, Clone, Default)]
 pub struct Idle {
@@ -104,16 +109,31 @@ pub struct Idle {
     pub baseline: Option<Usage>,
     /// `(connections held, server usage)` per configured count.
     pub points: Vec<(usize, Usage)>,
+    /// Seconds it took to open the connections added for each point (a
+    /// server with an idle timeout shorter than this closes the first
+    /// ones before the sample).
+    pub open_secs: Vec<f64>,
     /// Why the phase stopped early, if it did.
     pub error: Option<String>,
 }
 
 impl Idle {
-    /// Bytes of server RSS per held connection at `n`.
+    /// Bytes of server RSS per held connection at `n`; `None` when the
+    /// server had closed some of them by the time of the sample (its
+    /// memory would then be spread over connections it no longer holds).
     pub fn bytes_per_conn(&self, n: usize) -> Option<f64> {
         let base = self.baseline?;
         let (_, u) = self.points.iter().find(|(m, _)| *m == n)?;
+        if !self.all_held(n) {
+            return None;
+        }
         (n > 0).then(|| (u.rss_bytes as f64 - base.rss_bytes as f64) / n as f64)
+    }
+
+    /// Whether the server still held (at least 98 % of) the `n` connections
+    /// when it was sampled, judged by its open file descriptors.
+    pub fn all_held(&self, n: usize) -> bool {
+        self.fds_per_conn(n).is_some_and(|f| f >= MIN_FDS_PER_CONN)
     }
 
     /// Server file descriptors added per held connection at `n` (≥ 1 if
@@ -290,6 +310,7 @@ pub async fn measure(
         let mut held = Vec::new();
         for &n in &plan.idle {
             let more = n.saturating_sub(held.len());
+            let opening = tokio::time::Instant::now();
             match loadgen::open_connections(ep, more, plan.idle_parallel).await {
                 Ok(c) => held.extend(c),
                 Err(e) => {
@@ -301,6 +322,7 @@ pub async fn measure(
                     break;
                 }
             }
+            idle.open_secs.push(opening.elapsed().as_secs_f64());
             tokio::time::sleep(SETTLE).await;
             idle.points.push((n, procfs::sample_tree(pid)?));
         }
