@@ -37,8 +37,7 @@ function table(headers, rows, emptyText) {
 }
 function setView(title, ...nodes) {
   document.title = `${title} · meshgate`;
-  const m = main();
-  m.replaceChildren(...nodes);
+  main().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 }
 function loading(what) { return h("p", { class: "loading", role: "status" }, `Loading ${what}…`); }
 function errorPanel(err, retry) {
@@ -229,8 +228,8 @@ function viewOverview() {
       status.last_error ? h("div", { class: "panel error", role: "alert" }, h("h2", {}, "Last change was rejected"), h("p", { class: "mono" }, status.last_error)) : null,
       h("section", { class: "panel", "aria-labelledby": "ns-h" },
         h("h2", { id: "ns-h" }, "Namespaces"),
-        ns.traffic_recorded ? null : h("p", { class: "hint" }, "The data plane is not running, so no traffic is recorded."),
-        table(["Namespace", "Mode", { label: "Plaintext clients (15 min)", cls: "num" }, { label: "Services", cls: "num hide-narrow" }, { label: "Policies", cls: "num hide-narrow" }], rows, "No namespaces yet: no services, policies or traffic.")),
+        h("p", { class: "hint" }, ns.traffic_recorded ? "Plaintext clients: distinct addresses seen talking plaintext to the namespace in the last 15 minutes — the ones a switch to STRICT would cut off." : "The data plane is not running, so no traffic is recorded."),
+        table(["Namespace", "Mode", { label: "Plaintext clients", cls: "num" }, { label: "Services", cls: "num hide-narrow" }, { label: "Policies", cls: "num hide-narrow" }], rows, "No namespaces yet: no services, policies or traffic.")),
       h("div", { class: "grid" },
         h("section", { class: "panel", "aria-labelledby": "cert-h" },
           h("h2", { id: "cert-h" }, "Certificate health"),
@@ -298,11 +297,11 @@ function viewNamespace(name) {
 function openDialog(title, body, confirmLabel, onConfirm, opener) {
   const dlg = document.getElementById("dialog");
   document.getElementById("dialog-title").textContent = title;
-  document.getElementById("dialog-body").replaceChildren(...[body].flat());
+  document.getElementById("dialog-body").replaceChildren(...[body].flat().filter((n) => n !== null && n !== undefined && n !== false));
   const old = document.getElementById("dialog-confirm");
   const confirm = old.cloneNode(false);
   confirm.textContent = confirmLabel;
-  confirm.className = confirmLabel.startsWith("Switch") || confirmLabel.startsWith("Roll") ? "danger" : "primary";
+  confirm.className = /^(Switch|Roll|Revoke|Delete)/.test(confirmLabel) ? "danger" : "primary";
   confirm.hidden = !onConfirm;
   old.replaceWith(confirm);
   if (onConfirm) confirm.addEventListener("click", async () => {
@@ -465,27 +464,26 @@ function viewTraffic() {
     };
     filter.addEventListener("input", () => { for (const tr of tbody.children) tr.hidden = !matches(tr); });
     first.entries.forEach((e) => add(e, false));
-    const seenAtStart = first.entries.length;
+    const lagged = h("p", { class: "hint", role: "status" });
     setView("Traffic",
       h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Traffic"),
         h("p", { class: "muted" }, dot, live, " · open connections: ", active))),
       first.recording ? null : h("div", { class: "panel notice" }, "The data plane is not running in this process, so there is no traffic to show."),
       h("section", { class: "panel", "aria-labelledby": "tr-h" },
         h("h2", { id: "tr-h" }, "Connections and requests, newest first"),
-        h("div", { class: "toolbar" }, h("label", { for: "traffic-filter", class: "sr" }, "Filter"), filter, pause),
+        h("div", { class: "toolbar" }, h("label", { for: "traffic-filter", class: "sr" }, "Filter"), filter, pause), lagged,
         h("div", { class: "table-wrap" }, h("table", {},
           h("thead", {}, h("tr", {}, ["Time", "Source", "Peer", "Destination", "Decision", "Reason", "Status"].map((x, i) => h("th", { scope: "col", class: i === 0 || i === 6 ? "hide-narrow" : null }, x)))),
           tbody))));
-    // The stream replays up to 100 recent entries first; skip the ones the
-    // list above already shows.
-    let skip = Math.min(seenAtStart, 100);
-    const es = new EventSource("/api/v1/connections/stream");
+    // The list above came from /api/v1/connections; the stream adds only
+    // what happens from now on (backlog=0).
+    const es = new EventSource("/api/v1/connections/stream?backlog=0");
     state.stream = es;
     es.addEventListener("open", () => { dot.classList.remove("off"); live.textContent = "live"; });
-    es.addEventListener("error", () => { dot.classList.add("off"); live.textContent = "reconnecting…"; skip = 100; });
+    es.addEventListener("error", () => { dot.classList.add("off"); live.textContent = "reconnecting…"; });
     es.addEventListener("stats", (m) => { try { active.textContent = String(JSON.parse(m.data).active); } catch (_) { /* ignore */ } });
+    es.addEventListener("lagged", (m) => { try { lagged.textContent = `Too busy to show everything: ${JSON.parse(m.data).missed} entries skipped.`; } catch (_) { /* ignore */ } });
     es.addEventListener("entry", (m) => {
-      if (skip > 0) { skip--; return; }
       if (paused) return;
       try { add(JSON.parse(m.data), true); } catch (_) { /* ignore malformed */ }
     });
@@ -531,7 +529,11 @@ function viewCertificates() {
       h("td", {}, r.drop_status)));
     const issuedRows = certs.issued.map((c) => h("tr", {},
       h("td", { class: "mono" }, c.spiffe_id), h("td", { class: "mono hide-narrow" }, c.serial.slice(0, 16)),
-      h("td", {}, until(c.not_after)), h("td", { class: "hide-narrow" }, c.root_id)));
+      h("td", {}, until(c.not_after)), h("td", { class: "hide-narrow" }, c.root_id),
+      // The gateway's own certificate is replaced with "Re-issue now", not
+      // revoked: revoking it would cut every client off.
+      h("td", {}, c.spiffe_id === gw.spiffe_id ? h("span", { class: "muted" }, "gateway") :
+        h("button", { type: "button", class: "ghost", "aria-label": `Revoke certificate ${c.serial} of ${c.spiffe_id}`, onclick: (ev) => confirmRevoke(c, ev.currentTarget) }, "Revoke"))));
     setView("Certificates",
       h("div", { class: "page-head" }, h("h1", {}, "Certificates"), h("div", { class: "actions" }, roll)),
       h("div", { class: "grid" },
@@ -554,10 +556,22 @@ function viewCertificates() {
         table(["Root", { label: "SHA-256", cls: "hide-narrow" }, "Expiry", { label: "Origin", cls: "hide-narrow" }, { label: "Valid / issued", cls: "num" }, "Status"], rootRows)),
       h("section", { class: "panel", "aria-labelledby": "iss-h" },
         h("h2", { id: "iss-h" }, `Issued certificates still valid: ${certs.issued.length}`),
-        table(["Identity", { label: "Serial", cls: "hide-narrow" }, "Expires", { label: "Root", cls: "hide-narrow" }], issuedRows, "None.")),
+        table(["Identity", { label: "Serial", cls: "hide-narrow" }, "Expires", { label: "Root", cls: "hide-narrow" }, "Actions"], issuedRows, "None.")),
       certs.revocations.length ? h("section", { class: "panel" }, h("h2", {}, "Revocations"),
         table(["Target", "Kept until", "Reason"], certs.revocations.map((r) => h("tr", {}, h("td", { class: "mono" }, r.target), h("td", {}, r.keep_until), h("td", {}, r.reason))))) : null);
   });
+}
+
+function confirmRevoke(c, opener) {
+  const reason = h("input", { type: "text", id: "revoke-reason", value: "revoked from the admin UI" });
+  openDialog(`Revoke the certificate of ${c.spiffe_id}?`, [
+    h("p", {}, `Serial ${c.serial}. New handshakes with it are refused at once and its open connections are closed.`),
+    h("div", { class: "field" }, h("label", { for: "revoke-reason" }, "Reason"), reason)],
+  "Revoke", async () => {
+    await api("POST", "/api/v1/revocations", { serial: c.serial, reason: reason.value });
+    toast(`Revoked serial ${c.serial.slice(0, 16)}…`);
+    viewCertificates();
+  }, opener);
 }
 
 // ---------- audit ----------
@@ -572,8 +586,10 @@ function viewAudit() {
       throw e;
     }
     const rows = data.entries.map((e) => h("tr", {},
-      h("td", {}, e.time), h("td", {}, e.actor), h("td", {}, e.action), h("td", { class: "mono hide-narrow" }, e.key), h("td", {}, e.note)));
-    setView("Audit log", h("div", { class: "page-head" }, h("h1", {}, "Audit log")),
+      h("td", {}, h("time", { datetime: e.time, title: e.time }, ago(e.time))), h("td", {}, e.actor), h("td", {}, e.action),
+      h("td", { class: "mono hide-narrow" }, e.key), h("td", {}, e.note)));
+    setView("Audit log", h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"),
+      h("p", { class: "muted" }, `${data.total} change(s) recorded; showing the newest ${data.entries.length}.`))),
       h("section", { class: "panel" }, table(["Time", "Actor", "Action", { label: "Record", cls: "hide-narrow" }, "Note"], rows, "No changes recorded.")));
   });
 }

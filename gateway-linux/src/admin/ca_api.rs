@@ -13,11 +13,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use meshgate_ca::{CaSummary, CertificateAuthority, DropStatus};
 use meshgate_core::spiffe::SpiffeId;
 
 use super::types::{CaView, IssueRequest, IssueResponse, RootView, RotateRootRequest};
+use super::ui::Actor;
 use super::{AdminState, error_response};
 use crate::identity::now;
 use crate::state::rfc3339;
@@ -74,7 +75,11 @@ async fn show(State(state): State<Arc<AdminState>>) -> Response {
     summary_response(&state.ca)
 }
 
-async fn issue(State(state): State<Arc<AdminState>>, Json(req): Json<IssueRequest>) -> Response {
+async fn issue(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<IssueRequest>,
+) -> Response {
     let id = match SpiffeId::parse(&req.spiffe_id) {
         Ok(id) => id,
         Err(e) => {
@@ -85,10 +90,13 @@ async fn issue(State(state): State<Arc<AdminState>>, Json(req): Json<IssueReques
         }
     };
     let ttl = core::time::Duration::from_secs(req.ttl_secs);
-    match state
-        .ca
-        .issue_from_csr(req.csr_pem.as_bytes(), &id, Some(ttl), now(), "admin-api")
-    {
+    match state.ca.issue_from_csr(
+        req.csr_pem.as_bytes(),
+        &id,
+        Some(ttl),
+        now(),
+        actor.as_str(),
+    ) {
         Ok(issued) => Json(IssueResponse {
             cert_pem: meshgate_ca::x509::certs_to_pem([&issued.cert]),
             chain_pem: issued.cert_chain_pem(),
@@ -113,6 +121,7 @@ async fn issue(State(state): State<Arc<AdminState>>, Json(req): Json<IssueReques
 /// or at once with `force`.
 async fn rotate_root(
     State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
     body: Option<Json<RotateRootRequest>>,
 ) -> Response {
     let force = body.is_some_and(|Json(b)| b.force);
@@ -120,15 +129,15 @@ async fn rotate_root(
     let t = now();
     let old = ca.signing_root();
     let result = ca
-        .add_generated_root(t, "admin-api")
-        .and_then(|new| ca.switch_signing(&new, t, "admin-api").map(|()| new));
+        .add_generated_root(t, actor.as_str())
+        .and_then(|new| ca.switch_signing(&new, t, actor.as_str()).map(|()| new));
     let new = match result {
         Ok(new) => new,
         Err(e) => return error_response(StatusCode::CONFLICT, &e.to_string()),
     };
     tracing::info!(old = %old, new = %new, "root roll-over: signing switched");
     let dropped = if force {
-        ca.drop_root(&old, true, now(), "admin-api")
+        ca.drop_root(&old, true, now(), actor.as_str())
     } else {
         Ok(())
     };

@@ -12,6 +12,7 @@
 
 pub(crate) mod api;
 pub(crate) mod ca_api;
+pub(crate) mod revoke_api;
 pub(crate) mod token;
 pub(crate) mod types;
 pub(crate) mod ui;
@@ -69,6 +70,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(api::routes())
         .merge(ca_api::routes())
+        .merge(revoke_api::routes())
         .merge(ui::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -18,17 +18,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use meshgate_ca::{Revocation, RevocationTarget, Serial};
 use meshgate_core::spiffe::SpiffeId;
 use serde::{Deserialize, Serialize};
 
+use super::ui::Actor;
 use super::{AdminState, error_response};
 use crate::identity::now;
 use crate::state::rfc3339;
-
-/// Who revoked, for the CA's audit log.
-const ACTOR: &str = "admin-api";
 
 /// `POST /api/v1/revocations`: exactly one of `spiffe_id` and `serial`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,7 +93,11 @@ async fn list(State(state): State<Arc<AdminState>>) -> Json<Vec<RevocationView>>
     Json(state.ca.revocations().iter().map(view).collect())
 }
 
-async fn revoke(State(state): State<Arc<AdminState>>, Json(req): Json<RevokeRequest>) -> Response {
+async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(req): Json<RevokeRequest>,
+) -> Response {
     let reason = if req.reason.trim().is_empty() {
         "revoked by operator"
     } else {
@@ -104,7 +106,7 @@ async fn revoke(State(state): State<Arc<AdminState>>, Json(req): Json<RevokeRequ
     let t = now();
     let result = match (&req.spiffe_id, &req.serial) {
         (Some(id), None) => match SpiffeId::parse(id) {
-            Ok(id) => state.ca.revoke_spiffe_id(&id, reason, t, ACTOR),
+            Ok(id) => state.ca.revoke_spiffe_id(&id, reason, t, actor.as_str()),
             Err(e) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
@@ -113,7 +115,7 @@ async fn revoke(State(state): State<Arc<AdminState>>, Json(req): Json<RevokeRequ
             }
         },
         (None, Some(hex)) => match Serial::from_hex(hex) {
-            Some(serial) => state.ca.revoke_serial(&serial, reason, t, ACTOR),
+            Some(serial) => state.ca.revoke_serial(&serial, reason, t, actor.as_str()),
             None => {
                 return error_response(
                     StatusCode::BAD_REQUEST,

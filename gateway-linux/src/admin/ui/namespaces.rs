@@ -16,9 +16,9 @@
 //! record against the ports whose mode would change.
 
 use core::net::IpAddr;
+use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use core::time::Duration;
 use std::time::SystemTime;
 
 use axum::extract::{Path, Query, State};

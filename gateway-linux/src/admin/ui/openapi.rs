@@ -107,13 +107,17 @@ pub(crate) fn document() -> Value {
             "/api/v1/namespaces/{namespace}/preview": {"get": op("what switching the namespace to `mode` would cut off, from recently seen traffic", vec![namespace.clone(), json!({"name": "mode", "in": "query", "required": true, "schema": {"type": "string", "enum": ["STRICT", "PERMISSIVE", "DISABLE"]}})], None, json_response("changes (ports whose mode changes), affected clients, unaffected mTLS peers"))},
             "/api/v1/namespaces/{namespace}/mode": {"put": op("switch the namespace's mode (writes its namespace-wide PeerAuthentication)", vec![namespace], Some(("application/json", "{\"mode\": \"STRICT\" | \"PERMISSIVE\" | \"DISABLE\"}")), json_response("changes, generation and the namespace"))},
             "/api/v1/connections": {"get": op("open connections and the recent access log, newest first", vec![query("limit", "at most this many entries (default 200)")], None, json_response("recording, active, entries"))},
-            "/api/v1/connections/stream": {"get": op("live access-log entries as server-sent events (`entry`, `stats`)", vec![], None, json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}))},
+            "/api/v1/connections/stream": {"get": op("live access-log entries as server-sent events (`entry`, `stats`, `lagged`)", vec![query("backlog", "recent entries to replay first (default 100)")], None, json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}))},
             "/api/v1/audit": {"get": op("the audit log (who changed what, when), newest first", vec![query("limit", "at most this many entries (default 200)")], None, json_response("entries"))},
             "/api/v1/ca": {"get": op("CA roots, fingerprints, expiry, issuance counts", vec![], None, json_response("the CA"))},
             "/api/v1/ca/rotate-root": {"post": op("root roll-over: trust a new root next to the old one, sign with it, re-issue the gateway's certificate", vec![], Some(("application/json", "{\"force\": bool} (optional): drop the old root at once")), json_response("the CA after the switch"))},
             "/api/v1/certificates": {
                 "get": op("the gateway's certificate, unexpired issued certificates and revocations", vec![], None, json_response("gateway, issued, revocations")),
                 "post": op("sign a CSR for a SPIFFE ID", vec![], Some(("application/json", "spiffe_id, csr_pem, ttl_secs")), json_response("certificate, chain and trust bundle (PEM)"))
+            },
+            "/api/v1/revocations": {
+                "get": op("revocations in force", vec![], None, json_response("revocations")),
+                "post": op("revoke a SPIFFE ID or one serial: new handshakes refused, open connections closed", vec![], Some(("application/json", "{\"spiffe_id\": ...} or {\"serial\": hex}, and \"reason\"")), json_response("the revocation"))
             },
             "/api/v1/identity/rotate": {"post": op("re-issue the gateway's own certificate now", vec![], None, json_response("accepted"))}
         }

@@ -4,13 +4,14 @@
 //! | Method | Path | What |
 //! |---|---|---|
 //! | GET | `/api/v1/connections?limit=` | open connections and the recent access log, newest first |
-//! | GET | `/api/v1/connections/stream` | SSE: `entry` events (one access-log entry each) and `stats` events |
+//! | GET | `/api/v1/connections/stream?backlog=` | SSE: `entry` (one access-log entry), `stats` and `lagged` events |
 //!
-//! The stream reads the data plane's bounded in-memory access log every
-//! 500 ms and sends the entries added since the last look; it never holds
-//! a lock of the data plane across an await. Streams end when the gateway
-//! stops being ready (shutdown), so a browser tab cannot hold the drain
-//! open, and at most [`MAX_STREAMS`] run at once.
+//! The stream first replays recent entries (`?backlog=N`), then forwards
+//! the data plane's live access-log feed (a bounded broadcast channel: a
+//! slow browser skips entries and gets a `lagged` event; it never slows
+//! the data plane). Streams end when the gateway stops being ready
+//! (shutdown), so a browser tab cannot hold the drain open, and at most
+//! [`MAX_STREAMS`] run at once.
 
 use core::convert::Infallible;
 use core::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::UiShared;
 use crate::admin::{AdminState, error_response};
@@ -32,12 +34,11 @@ use crate::dataplane::AccessEntry;
 
 /// Server-sent-event streams allowed at once.
 pub(crate) const MAX_STREAMS: usize = 32;
-/// How often a stream looks for new entries.
-const POLL: Duration = Duration::from_millis(500);
+/// How often a stream sends the open-connection count (and notices a
+/// shutdown).
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 /// Entries sent when a stream starts, so the view is not empty.
 const BACKLOG: usize = 100;
-/// A `stats` event is sent every this many polls.
-const STATS_EVERY: u32 = 4;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
@@ -79,23 +80,6 @@ pub(crate) async fn list(
     .into_response()
 }
 
-/// The entries of `cur` that were not in `prev`. The log is a sliding
-/// window (appended at the end, trimmed at the front), so the new entries
-/// follow the longest suffix of `prev` that starts `cur`.
-fn new_entries<'a>(prev: &[AccessEntry], cur: &'a [AccessEntry]) -> &'a [AccessEntry] {
-    for start in 0..prev.len() {
-        let Some(tail) = prev.get(start..) else {
-            break;
-        };
-        if let Some(head) = cur.get(..tail.len())
-            && head == tail
-        {
-            return cur.get(tail.len()..).unwrap_or_default();
-        }
-    }
-    cur
-}
-
 /// Releases a stream slot when the stream is dropped.
 struct Slot(Arc<UiShared>);
 
@@ -107,9 +91,9 @@ impl Drop for Slot {
 
 struct StreamState {
     state: Arc<AdminState>,
-    prev: Vec<AccessEntry>,
+    live: Option<broadcast::Receiver<AccessEntry>>,
     queue: VecDeque<Event>,
-    polls: u32,
+    stats: tokio::time::Interval,
     _slot: Slot,
 }
 
@@ -128,10 +112,25 @@ fn stats_event(state: &AdminState) -> Option<Event> {
         .ok()
 }
 
+/// Body of a `lagged` event: entries this stream skipped because the
+/// browser read too slowly (the feed never waits for a slow reader).
+#[derive(Debug, Serialize)]
+struct Lagged {
+    missed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamQuery {
+    /// Recent entries to send first (default 100, at most 512); the UI
+    /// asks for 0 after loading the list itself.
+    backlog: Option<usize>,
+}
+
 /// `GET /api/v1/connections/stream`.
 pub(crate) async fn stream(
     State(state): State<Arc<AdminState>>,
     Extension(ui): Extension<Arc<UiShared>>,
+    Query(q): Query<StreamQuery>,
 ) -> Response {
     let taken = ui
         .streams
@@ -145,22 +144,25 @@ pub(crate) async fn stream(
         );
     }
     let slot = Slot(ui.clone());
-    let prev = state
-        .control
-        .data_plane()
-        .map(|d| d.recent_access_log())
-        .unwrap_or_default();
-    let mut queue: VecDeque<Event> = prev
+    let dp = state.control.data_plane();
+    // Subscribe before reading the backlog: an entry recorded in between
+    // may then be sent twice, but none is lost.
+    let live = dp.map(|d| d.subscribe_access_log());
+    let backlog = q.backlog.unwrap_or(BACKLOG).min(512);
+    let recent = dp.map(|d| d.recent_access_log()).unwrap_or_default();
+    let mut queue: VecDeque<Event> = recent
         .iter()
-        .skip(prev.len().saturating_sub(BACKLOG))
+        .skip(recent.len().saturating_sub(backlog))
         .filter_map(entry_event)
         .collect();
     queue.extend(stats_event(&state));
+    let mut stats = tokio::time::interval(STATS_INTERVAL);
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let init = StreamState {
         state,
-        prev,
+        live,
         queue,
-        polls: 0,
+        stats,
         _slot: slot,
     };
     let events = stream::unfold(init, |mut s| async move {
@@ -168,78 +170,38 @@ pub(crate) async fn stream(
             if let Some(ev) = s.queue.pop_front() {
                 return Some((Ok::<Event, Infallible>(ev), s));
             }
-            tokio::time::sleep(POLL).await;
-            if !s.state.ready.load(Ordering::Acquire) {
-                // Shutting down: end the stream so the drain is not held.
-                return None;
-            }
-            let cur = s
-                .state
-                .control
-                .data_plane()
-                .map(|d| d.recent_access_log())
-                .unwrap_or_default();
-            s.queue
-                .extend(new_entries(&s.prev, &cur).iter().filter_map(entry_event));
-            s.prev = cur;
-            s.polls = s.polls.wrapping_add(1);
-            if s.polls % STATS_EVERY == 0 {
-                s.queue.extend(stats_event(&s.state));
+            let received = match s.live.as_mut() {
+                Some(rx) => tokio::select! {
+                    r = rx.recv() => Some(r),
+                    _ = s.stats.tick() => None,
+                },
+                None => {
+                    s.stats.tick().await;
+                    None
+                }
+            };
+            match received {
+                Some(Ok(entry)) => s.queue.extend(entry_event(&entry)),
+                Some(Err(broadcast::error::RecvError::Lagged(missed))) => s.queue.extend(
+                    Event::default()
+                        .event("lagged")
+                        .json_data(Lagged { missed })
+                        .ok(),
+                ),
+                // The data plane is gone: nothing more will come.
+                Some(Err(broadcast::error::RecvError::Closed)) => return None,
+                None => {
+                    if !s.state.ready.load(Ordering::Acquire) {
+                        // Shutting down: end the stream so the drain is
+                        // not held open by a browser tab.
+                        return None;
+                    }
+                    s.queue.extend(stats_event(&s.state));
+                }
             }
         }
     });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(n: u64) -> AccessEntry {
-        AccessEntry {
-            time: format!("2025-01-01T00:00:{n:02}Z"),
-            kind: "http",
-            source: format!("127.0.0.1:{}", 40000 + n),
-            principal: "-".into(),
-            security: "none",
-            transport: "plaintext",
-            destination: "details:9080".into(),
-            mode: "PERMISSIVE",
-            decision: "allow",
-            reason: "allowed".into(),
-            policy: "-".into(),
-            method: None,
-            path: None,
-            status: 200,
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration_ms: 1.0,
-            generation: 1,
-        }
-    }
-
-    #[test]
-    fn appended_entries_are_new() {
-        let prev: Vec<_> = (0..3).map(entry).collect();
-        let cur: Vec<_> = (0..5).map(entry).collect();
-        assert_eq!(new_entries(&prev, &cur), &cur[3..]);
-    }
-
-    #[test]
-    fn entries_after_a_trimmed_front_are_new() {
-        let prev: Vec<_> = (0..4).map(entry).collect();
-        let cur: Vec<_> = (2..7).map(entry).collect();
-        assert_eq!(new_entries(&prev, &cur), &cur[2..]);
-    }
-
-    #[test]
-    fn everything_is_new_when_nothing_overlaps() {
-        let prev: Vec<_> = (0..4).map(entry).collect();
-        let cur: Vec<_> = (10..12).map(entry).collect();
-        assert_eq!(new_entries(&prev, &cur), &cur[..]);
-        assert_eq!(new_entries(&[], &cur), &cur[..]);
-        assert!(new_entries(&cur, &cur).is_empty());
-    }
 }
