@@ -54,8 +54,9 @@ use tunnel::Cmd;
 /// is the device at that address and port on node NODE's local network.
 pub(crate) const EDGE_NODE_LABEL: &str = "meshgate.io/edge-node";
 
-/// The default tunnel listener.
-pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:15443";
+/// The default tunnel listener (`meshgate serve --edge-addr`).
+pub(crate) const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(core::net::Ipv4Addr::LOCALHOST), 15443);
 
 /// How long a mesh client waits for a node to reach its device.
 const DEVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,9 +64,6 @@ const DEVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the edge server could not start or an operation failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EdgeError {
-    /// `MESHGATE_EDGE_ADDR` is not a socket address.
-    #[error("MESHGATE_EDGE_ADDR={0:?} is not an address like 127.0.0.1:15443")]
-    BadAddress(String),
     /// The listener could not be bound.
     #[error("cannot listen on {addr} (edge tunnel): {source}")]
     Bind {
@@ -89,22 +87,12 @@ pub(crate) struct EdgeOptions {
 }
 
 impl EdgeOptions {
-    /// From the environment: `MESHGATE_EDGE_ADDR` (default
-    /// [`DEFAULT_ADDR`]).
-    pub(crate) fn from_env() -> Result<Self, EdgeError> {
-        let listen = match std::env::var("MESHGATE_EDGE_ADDR") {
-            Ok(v) if !v.trim().is_empty() => v
-                .trim()
-                .parse()
-                .map_err(|_| EdgeError::BadAddress(v.clone()))?,
-            _ => DEFAULT_ADDR
-                .parse()
-                .map_err(|_| EdgeError::BadAddress(DEFAULT_ADDR.to_owned()))?,
-        };
-        Ok(EdgeOptions {
+    /// Tunnel on `listen`, node certificates with the CA's default TTL.
+    pub(crate) fn new(listen: SocketAddr) -> Self {
+        EdgeOptions {
             listen,
             cert_ttl: None,
-        })
+        }
     }
 }
 

@@ -78,6 +78,8 @@ const SESSION_SLOTS: usize = 8;
 const MAX_NODE_STREAMS: u16 = 4;
 /// Bytes of frames collected before they are written out.
 const BATCH_BYTES: usize = 16 * 1024;
+/// Most tunnel connections (enrolling or operating) at once.
+const MAX_CONNECTIONS: usize = 4096;
 /// Commands queued per tunnel.
 const CMD_QUEUE: usize = 256;
 
@@ -140,7 +142,17 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A permit before accepting: at the limit, new nodes wait in the
+        // kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            () = crate::dataplane::stop_requested(&mut stop) => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (tcp, remote) = tokio::select! {
             () = crate::dataplane::stop_requested(&mut stop) => break,
             r = listener.accept() => match r {
@@ -156,6 +168,7 @@ pub(crate) async fn accept_loop(
         let server = server.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = serve_conn(server, tcp, remote, stop).await {
                 tracing::info!(%remote, error = %e, "edge tunnel ended");
             }
