@@ -20,6 +20,7 @@
 //! - [`tunnel`]: the sans-IO client session over `core::wire`.
 //! - [`tls`]: embedded-tls crypto provider and the gateway verifier.
 //! - [`node`]: the embassy-net runtime driving the tunnel over TLS.
+//! - [`setup`]: the local web page (first-time setup, status), sans-IO.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub mod enroll;
 pub(crate) mod log;
 pub mod node;
 pub mod pin;
+pub mod setup;
 pub mod tls;
 pub mod tunnel;
 

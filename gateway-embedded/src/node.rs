@@ -34,6 +34,7 @@ use rand_core::CryptoRngCore;
 use crate::bridge::{Bridge, FROM_DEVICE_LEN, SlotCommand};
 use crate::creds::{CredStore, SCRATCH_LEN, SlotStorage};
 use crate::log::{log_info, log_warn};
+use crate::setup::{self, Outcome, Setup, Status, TunnelState};
 use crate::tls::{self, GatewayVerifier, NodeCrypto};
 use crate::tunnel::NodeState;
 use crate::tunnel::{Backoff, Purpose, Tunnel, TunnelEvent};
@@ -227,6 +228,8 @@ impl Default for SlotBuffers {
 /// What the tunnel task and the slot tasks share.
 struct Ctx<const K: usize> {
     bridge: RefCell<Bridge<K>>,
+    /// The tunnel's part of the status page.
+    status: RefCell<Status>,
     /// Something for the tunnel writer: frames to send, credit to return.
     tunnel_wake: Signal<NoopRawMutex, ()>,
     /// Per slot: its command or buffers changed.
@@ -237,6 +240,7 @@ impl<const K: usize> Ctx<K> {
     fn new() -> Self {
         Ctx {
             bridge: RefCell::new(Bridge::new()),
+            status: RefCell::new(Status::default()),
             tunnel_wake: Signal::new(),
             slot_wake: [const { Signal::new() }; K],
         }
@@ -322,6 +326,7 @@ async fn run_connection<R: CryptoRngCore, const K: usize>(
             .map_err(ConnectionError::Tls)?;
     }
     log_info!("tls established");
+    ctx.status.borrow_mut().tunnel = TunnelState::Up;
     let (mut reader, mut writer) = tls.split();
     let shared = RefCell::new(Shared {
         tunnel: Tunnel::new(purpose, monotonic(), None),
@@ -510,16 +515,19 @@ fn handle_event<const K: usize>(
         }
         TunnelEvent::CertificateInstalled => {
             log_info!("certificate installed");
+            ctx.status.borrow_mut().enrolled = sh.state.creds.is_enrolled();
             sh.dirty = true;
         }
         TunnelEvent::CertificateRejected(_r) => log_warn!("certificate rejected: {:?}", _r),
         TunnelEvent::ConfigApplied { version: _v } => {
             log_info!("config {} applied", _v);
+            ctx.status.borrow_mut().config_version = sh.state.config.version();
             ctx.bridge.borrow_mut().sync_config(&sh.state.config, true);
         }
         TunnelEvent::ConfigRejected(_e) => log_warn!("config rejected: {:?}", _e),
         TunnelEvent::Revoked(_) => {
             log_warn!("node revoked by the gateway");
+            ctx.status.borrow_mut().tunnel = TunnelState::Revoked;
             ctx.bridge.borrow_mut().tunnel_down();
             sh.end = Some(ConnectionEnd::Revoked);
             sh.dirty = true;
@@ -686,25 +694,170 @@ async fn slot_task<const K: usize>(
     }
 }
 
+/// Buffers of the status page while the node runs (about 4.5 KiB).
+pub struct WebBuffers {
+    rx: [u8; 512],
+    tx: [u8; 1024],
+    request: [u8; 1024],
+    response: [u8; 2048],
+}
+
+impl WebBuffers {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        WebBuffers {
+            rx: [0; 512],
+            tx: [0; 1024],
+            request: [0; 1024],
+            response: [0; 2048],
+        }
+    }
+}
+
+impl Default for WebBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The status page of a running node: local port and buffers.
+pub struct WebPage<'a> {
+    /// TCP port (80 on the boards).
+    pub port: u16,
+    /// Its buffers.
+    pub bufs: &'a mut WebBuffers,
+}
+
+/// How long a browser gets to send its request.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one HTTP exchange on `socket` (already accepted): reads the
+/// request into `request`, answers from `status`; returns a valid setup
+/// form if one was posted.
+async fn http_exchange(
+    socket: &mut TcpSocket<'_>,
+    request: &mut [u8],
+    response: &mut [u8],
+    status: impl Fn() -> Status,
+) -> Option<Setup> {
+    let mut len = 0;
+    let deadline = EmbassyInstant::now() + HTTP_READ_TIMEOUT;
+    let (n, setup) = loop {
+        let spare = request.get_mut(len..)?;
+        let read = match embassy_time::with_deadline(deadline, socket.read(spare)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            // Closed, reset or too slow: drop the connection.
+            _ => return None,
+        };
+        len += read;
+        match setup::handle(request.get(..len).unwrap_or(&[]), &status(), response) {
+            Outcome::Incomplete if len < request.len() => continue,
+            Outcome::Incomplete => {
+                // The buffer is full: the page cannot take this request.
+                break (0, None);
+            }
+            Outcome::Responded(n) => break (n, None),
+            Outcome::Provision(n, s) => break (n, Some(s)),
+        }
+    };
+    if let Some(body) = response.get(..n) {
+        let _ = socket.write_all(body).await;
+    }
+    socket.close();
+    let _ = embassy_time::with_timeout(CLOSE_LINGER, socket.flush()).await;
+    socket.abort();
+    setup
+}
+
+/// First-time setup: serves the setup page on `port` until a valid form is
+/// posted, and returns it. Uses the tunnel's buffers, which are idle until
+/// the node is provisioned, so the page costs no RAM of its own.
+pub async fn setup_page(stack: Stack<'_>, bufs: &mut NodeBuffers, port: u16) -> Setup {
+    stack.wait_config_up().await;
+    log_info!("setup page on port {}", port);
+    let status = || Status {
+        uptime_s: EmbassyInstant::now().as_secs(),
+        ..Status::default()
+    };
+    loop {
+        let mut socket = TcpSocket::new(stack, &mut bufs.tcp_rx, &mut bufs.tcp_tx);
+        socket.set_timeout(Some(HTTP_READ_TIMEOUT));
+        if socket.accept(port).await.is_err() {
+            Timer::after(Duration::from_secs(1)).await;
+            continue;
+        }
+        let request = &mut bufs.tls_rx[..setup::REQUEST_LEN];
+        if let Some(s) = http_exchange(&mut socket, request, &mut bufs.tls_tx, status).await {
+            log_info!("setup form accepted");
+            return s;
+        }
+    }
+}
+
+async fn status_page<const K: usize>(stack: Stack<'_>, ctx: &Ctx<K>, web: Option<WebPage<'_>>) {
+    let Some(WebPage { port, bufs }) = web else {
+        return core::future::pending().await;
+    };
+    let WebBuffers {
+        rx,
+        tx,
+        request,
+        response,
+    } = bufs;
+    let mut socket = TcpSocket::new(stack, &mut rx[..], &mut tx[..]);
+    socket.set_timeout(Some(HTTP_READ_TIMEOUT));
+    let status = || {
+        let mut s = ctx.status.borrow().clone();
+        let bridge = ctx.bridge.borrow();
+        s.active_streams = bridge.active_streams();
+        for p in bridge.listening_ports() {
+            let _ = s.listening.push(p);
+        }
+        s.uptime_s = EmbassyInstant::now().as_secs();
+        s
+    };
+    loop {
+        if socket.accept(port).await.is_err() {
+            socket.abort();
+            Timer::after(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Setup is refused here (the node is provisioned), so a form
+        // cannot come back.
+        let _ = http_exchange(&mut socket, &mut request[..], &mut response[..], status).await;
+    }
+}
+
 /// The node's main loop: keep a tunnel to the gateway, reconnecting with
 /// backoff, saving credentials whenever they change, and run the `K`
-/// bridge slots beside it. Returns only when the node is revoked.
+/// bridge slots (and the status page, if given) beside it. Returns only
+/// when the node is revoked. `state` is borrowed (boards keep it in a
+/// `StaticCell`) so the credentials are not copied into this future.
 ///
-/// The stack needs `K + 2` sockets (the slots, the tunnel, DHCP).
+/// The stack needs `K + 1` sockets (the slots, the tunnel), one more for
+/// the status page, and one more for DHCP if used.
 pub async fn run<R: CryptoRngCore, S: SlotStorage, const K: usize>(
     stack: Stack<'_>,
-    mut state: NodeState,
+    state: &mut NodeState,
     store: &mut CredStore<S>,
     rng: &mut R,
     bufs: &mut NodeBuffers,
     slots: &mut [SlotBuffers; K],
+    web: Option<WebPage<'_>>,
 ) {
     let ctx = Ctx::<K>::new();
+    {
+        let mut st = ctx.status.borrow_mut();
+        st.provisioned = true;
+        st.enrolled = state.creds.is_enrolled();
+        st.gateway = Some(state.creds.gateway());
+    }
     let tunnel = async {
         let mut backoff = Backoff::new();
         loop {
             stack.wait_config_up().await;
-            let res = run_connection(stack, &ctx, &mut state, rng, bufs, |st, scratch| {
+            ctx.status.borrow_mut().tunnel = TunnelState::Connecting;
+            let res = run_connection(stack, &ctx, state, rng, bufs, |st, scratch| {
                 if store.save(&st.creds, scratch).is_err() {
                     log_warn!("saving credentials failed");
                 }
@@ -721,11 +874,13 @@ pub async fn run<R: CryptoRngCore, S: SlotStorage, const K: usize>(
             if state.revoked {
                 break;
             }
+            ctx.status.borrow_mut().tunnel = TunnelState::Connecting;
             let delay = backoff.next_delay(rng.next_u32());
             let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             log_info!("reconnecting in {} ms", ms);
             Timer::after(Duration::from_millis(ms)).await;
         }
+        ctx.status.borrow_mut().tunnel = TunnelState::Revoked;
         // Give the slot tasks time to reset their legacy sockets.
         Timer::after(CLOSE_LINGER).await;
     };
@@ -735,5 +890,5 @@ pub async fn run<R: CryptoRngCore, S: SlotStorage, const K: usize>(
         next += 1;
         slot_task(i, stack, &ctx, b)
     }));
-    let _ = select(tunnel, slot_tasks).await;
+    let _ = select3(tunnel, slot_tasks, status_page(stack, &ctx, web)).await;
 }

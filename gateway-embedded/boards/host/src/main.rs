@@ -27,24 +27,26 @@ use embassy_net_tuntap::TunTapDevice;
 use meshgate_core::rotation::RenewalPolicy;
 use meshgate_edge::creds::{CredStore, Credentials, FileSlots, GatewayAddr, SCRATCH_LEN};
 use meshgate_edge::enroll::NodeKey;
-use meshgate_edge::node::{self, NodeBuffers, SlotBuffers};
+use meshgate_edge::node::{self, NodeBuffers, SlotBuffers, WebBuffers, WebPage};
 use meshgate_edge::tunnel::NodeState;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{OsRng, RngCore, SeedableRng};
 
 /// Bridge slots: legacy sockets listening or carrying a stream.
 const SLOTS: usize = 6;
-/// Sockets of the stack: the slots and the tunnel.
-const SOCKETS: usize = SLOTS + 1;
+/// Sockets of the stack: the slots, the tunnel, the web page.
+const SOCKETS: usize = SLOTS + 2;
 
 const USAGE: &str = "\
 usage: meshgate-edge-host --tap NAME --ip A.B.C.D/PREFIX [--router A.B.C.D]
-         --state-dir DIR [--seed N] [--mac 02:xx:xx:xx:xx:xx]
+         --state-dir DIR [--seed N] [--mac 02:xx:xx:xx:xx:xx] [--http-port N]
          [--gateway A.B.C.D:PORT --gateway-id spiffe://TD/ns/NS/sa/SA
           --root FILE --token TOKEN]      (provisioning, first boot only)
 
 The provisioning flags are needed only while --state-dir holds no
-credentials; after enrollment the stored credentials are used.
+credentials; after enrollment the stored credentials are used. Without
+them, a fresh node serves its first-time setup page on --http-port
+(default 80), which later shows its status.
 --root is the trust root (DER or PEM) that verifies the gateway.
 --seed seeds the test RNG (keys become predictable: tests only).";
 
@@ -56,6 +58,7 @@ struct Args {
     state_dir: PathBuf,
     seed: Option<u64>,
     mac: [u8; 6],
+    http_port: u16,
     gateway: Option<SocketAddrV4>,
     gateway_id: Option<String>,
     root: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl Args {
         let mut state_dir = None;
         let mut seed = None;
         let mut mac = [0x02, 0x4d, 0x47, 0x00, 0x00, 0x02];
+        let mut http_port = 80;
         let mut gateway = None;
         let mut gateway_id = None;
         let mut root = None;
@@ -133,6 +137,14 @@ impl Args {
                     );
                 }
                 "--mac" => mac = parse_mac(&value()?)?,
+                "--http-port" => {
+                    let v = value()?;
+                    http_port = v
+                        .parse()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| ArgError(format!("--http-port: bad port {v:?}")))?;
+                }
                 "--gateway" => {
                     let v = value()?;
                     gateway = Some(SocketAddrV4::from_str(&v).map_err(|_| {
@@ -152,6 +164,7 @@ impl Args {
             state_dir: state_dir.ok_or_else(|| ArgError("--state-dir is required".into()))?,
             seed,
             mac,
+            http_port,
             gateway,
             gateway_id,
             root,
@@ -199,6 +212,13 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+fn provisioning_given(args: &Args) -> bool {
+    args.gateway.is_some()
+        || args.gateway_id.is_some()
+        || args.token.is_some()
+        || args.root.is_some()
 }
 
 /// First boot: a new key from the RNG and the provisioning flags.
@@ -262,28 +282,43 @@ async fn node_task(spawner: Spawner, args: Box<Args>, device: TunTapDevice) {
         }
     };
     let mut store = CredStore::new(slots);
+    let bufs = Box::leak(Box::new(NodeBuffers::new()));
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let creds = match store.load(&mut scratch) {
         Ok(Some(c)) => {
             log::info!("loaded credentials (enrolled: {})", c.is_enrolled());
             c
         }
-        Ok(None) | Err(_) => match provision(&args, &mut rng) {
-            Ok(c) => {
-                if store.save(&c, &mut scratch).is_err() {
-                    log::warn!(
-                        "could not save provisioning to {}",
-                        args.state_dir.display()
-                    );
+        Ok(None) | Err(_) => {
+            let creds = if provisioning_given(&args) {
+                match provision(&args, &mut rng) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::error!("{e}");
+                        std::process::exit(2);
+                    }
                 }
-                log::info!("provisioned a new node key");
-                c
+            } else {
+                log::info!("not provisioned: setup page on port {}", args.http_port);
+                let form = node::setup_page(stack, bufs, args.http_port).await;
+                let key = NodeKey::generate(&mut rng);
+                match form.credentials(&key) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::error!("setup: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            };
+            if store.save(&creds, &mut scratch).is_err() {
+                log::warn!(
+                    "could not save provisioning to {}",
+                    args.state_dir.display()
+                );
             }
-            Err(e) => {
-                log::error!("{e}");
-                std::process::exit(2);
-            }
-        },
+            log::info!("provisioned a new node key");
+            creds
+        }
     };
     let gw = creds.gateway();
     log::info!(
@@ -294,15 +329,27 @@ async fn node_task(spawner: Spawner, args: Box<Args>, device: TunTapDevice) {
         gw.port
     );
     let state = match NodeState::new(creds, RenewalPolicy::ISTIO, None, rng.next_u32()) {
-        Ok(s) => s,
+        Ok(s) => Box::leak(Box::new(s)),
         Err(e) => {
             log::error!("node state: {e}");
             std::process::exit(1);
         }
     };
-    let bufs = Box::leak(Box::new(NodeBuffers::new()));
     let slot_bufs = Box::leak(Box::new([const { SlotBuffers::new() }; SLOTS]));
-    node::run(stack, state, &mut store, &mut rng, bufs, slot_bufs).await;
+    let web = WebPage {
+        port: args.http_port,
+        bufs: Box::leak(Box::new(WebBuffers::new())),
+    };
+    node::run(
+        stack,
+        state,
+        &mut store,
+        &mut rng,
+        bufs,
+        slot_bufs,
+        Some(web),
+    )
+    .await;
     log::warn!("node revoked: forwarding stopped");
     std::process::exit(3);
 }

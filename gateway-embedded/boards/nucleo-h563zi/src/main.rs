@@ -18,7 +18,7 @@ use embassy_stm32::{Config, bind_interrupts, eth, peripherals, rng};
 use meshgate_core::rotation::RenewalPolicy;
 use meshgate_edge::creds::{CredStore, Credentials, FlashSlots, GatewayAddr, SCRATCH_LEN};
 use meshgate_edge::enroll::NodeKey;
-use meshgate_edge::node::{self, NodeBuffers, SlotBuffers};
+use meshgate_edge::node::{self, NodeBuffers, SlotBuffers, WebBuffers, WebPage};
 use meshgate_edge::tunnel::NodeState;
 use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
@@ -43,9 +43,11 @@ const BOOTSTRAP_ROOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstra
 const GATEWAY_PORT: u16 = 15443;
 /// Bridge slots (legacy sockets, listening or carrying a stream); sized to
 /// the RAM budget: about 5 KiB each.
-const SLOTS: usize = 3;
-/// Sockets: the slots, the tunnel, DHCP.
-const SOCKETS: usize = SLOTS + 2;
+const SLOTS: usize = 4;
+/// Sockets: the slots, the tunnel, the web page, DHCP.
+const SOCKETS: usize = SLOTS + 3;
+/// The local setup and status page.
+const HTTP_PORT: u16 = 80;
 
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
@@ -144,24 +146,41 @@ async fn main(spawner: Spawner) {
 
     let creds = match store.load(scratch) {
         Ok(Some(c)) => c,
-        Ok(None) | Err(_) => match first_boot(rng) {
-            Some(c) => {
-                if store.save(&c, scratch).is_err() {
-                    defmt::warn!("could not save provisioning to flash");
+        Ok(None) | Err(_) => {
+            let creds = match first_boot(rng) {
+                Some(c) => c,
+                None => {
+                    // Not provisioned at build time: the local setup page
+                    // asks for the gateway, its identity, root and token.
+                    defmt::info!("not provisioned: setup page on port {}", HTTP_PORT);
+                    let form = node::setup_page(stack, bufs, HTTP_PORT).await;
+                    let key = NodeKey::generate(rng);
+                    match form.credentials(&key) {
+                        Ok(c) => c,
+                        Err(_) => {
+                            defmt::warn!("setup form does not fit the credential store");
+                            return;
+                        }
+                    }
                 }
-                c
+            };
+            if store.save(&creds, scratch).is_err() {
+                defmt::warn!("could not save provisioning to flash");
             }
-            None => {
-                defmt::warn!("not provisioned: set MESHGATE_GATEWAY_IP/_ID/TOKEN/ROOT_DER");
-                return;
-            }
-        },
+            creds
+        }
     };
+    static STATE: StaticCell<NodeState> = StaticCell::new();
     let state = match NodeState::new(creds, RenewalPolicy::ISTIO, None, rng.next_u32()) {
-        Ok(s) => s,
+        Ok(s) => STATE.init(s),
         Err(_) => return,
     };
-    node::run(stack, state, &mut store, rng, bufs, slots).await;
+    static WEB: StaticCell<WebBuffers> = StaticCell::new();
+    let web = WebPage {
+        port: HTTP_PORT,
+        bufs: WEB.init(WebBuffers::new()),
+    };
+    node::run(stack, state, &mut store, rng, bufs, slots, Some(web)).await;
     defmt::warn!("node revoked: forwarding stopped");
 }
 

@@ -25,7 +25,7 @@ use lan9118::Lan9118;
 use meshgate_core::rotation::RenewalPolicy;
 use meshgate_edge::creds::{CredStore, Credentials, GatewayAddr, SCRATCH_LEN, Slot, SlotStorage};
 use meshgate_edge::enroll::NodeKey;
-use meshgate_edge::node::{self, NodeBuffers, SlotBuffers};
+use meshgate_edge::node::{self, NodeBuffers, SlotBuffers, WebBuffers, WebPage};
 use meshgate_edge::tunnel::NodeState;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -33,9 +33,11 @@ use static_cell::StaticCell;
 
 /// The MPS2's system clock, which drives the Cortex-M4 and its SysTick.
 const CORE_HZ: u32 = 25_000_000;
-/// Bridge slots and stack sockets (slots + tunnel).
+/// Bridge slots and stack sockets (slots + tunnel + web page).
 const SLOTS: usize = 3;
-const SOCKETS: usize = SLOTS + 1;
+const SOCKETS: usize = SLOTS + 2;
+/// The local setup and status page.
+const HTTP_PORT: u16 = 80;
 /// Used when the controller reports no station address.
 const FALLBACK_MAC: [u8; 6] = [0x02, 0x4d, 0x47, 0x00, 0x03, 0x86];
 /// The gateway's edge-tunnel port.
@@ -223,28 +225,45 @@ async fn main(spawner: Spawner) {
     }));
     static SCRATCH: StaticCell<[u8; SCRATCH_LEN]> = StaticCell::new();
     let scratch = SCRATCH.init([0; SCRATCH_LEN]);
-    let Some(creds) = first_boot(&mut rng) else {
-        log::warn!(
-            "not provisioned (build with MESHGATE_GATEWAY_IP/_ID/TOKEN/ROOT_DER): network only"
-        );
-        core::future::pending::<()>().await;
-        return;
+    static BUFS: StaticCell<NodeBuffers> = StaticCell::new();
+    let bufs = BUFS.init(NodeBuffers::new());
+    let creds = match first_boot(&mut rng) {
+        Some(c) => c,
+        None => {
+            log::info!(
+                "not provisioned at build time: setup page on port {}",
+                HTTP_PORT
+            );
+            let form = node::setup_page(stack, bufs, HTTP_PORT).await;
+            let key = NodeKey::generate(&mut rng);
+            match form.credentials(&key) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("setup: {}", e);
+                    return;
+                }
+            }
+        }
     };
     if store.save(&creds, scratch).is_err() {
         log::warn!("could not save provisioning");
     }
     log::info!("provisioned a new node key");
+    static STATE: StaticCell<NodeState> = StaticCell::new();
     let state = match NodeState::new(creds, RenewalPolicy::ISTIO, None, rng.next_u32()) {
-        Ok(s) => s,
+        Ok(s) => STATE.init(s),
         Err(e) => {
             log::error!("node state: {}", e);
             return;
         }
     };
-    static BUFS: StaticCell<NodeBuffers> = StaticCell::new();
-    let bufs = BUFS.init(NodeBuffers::new());
     static SLOT_BUFS: StaticCell<[SlotBuffers; SLOTS]> = StaticCell::new();
     let slots = SLOT_BUFS.init([const { SlotBuffers::new() }; SLOTS]);
-    node::run(stack, state, store, &mut rng, bufs, slots).await;
+    static WEB: StaticCell<WebBuffers> = StaticCell::new();
+    let web = WebPage {
+        port: HTTP_PORT,
+        bufs: WEB.init(WebBuffers::new()),
+    };
+    node::run(stack, state, store, &mut rng, bufs, slots, Some(web)).await;
     log::warn!("node revoked: forwarding stopped");
 }
