@@ -17,8 +17,8 @@
 //! is only done inside a folder carrying the marker, so pointing `--dir` at
 //! an unrelated folder can never delete anyone's files.
 
-use core::net::SocketAddr;
 use core::fmt::Write as _;
+use core::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;

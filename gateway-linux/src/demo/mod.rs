@@ -102,9 +102,10 @@ pub(crate) enum DemoError {
         /// The error.
         source: std::io::Error,
     },
-    /// The gateway failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
+    /// The gateway failed. Not a `#[source]`: the message already
+    /// includes the gateway's own, which would otherwise print twice.
+    #[error("{0}{hint}", hint = serve_hint(.0))]
+    Serve(ServeError),
     /// The gateway did not answer /readyz in time.
     #[error("the gateway did not become ready at {url} within {} s", READY_TIMEOUT.as_secs())]
     NotReady {
@@ -123,6 +124,22 @@ pub(crate) enum DemoError {
     /// productpage's PEM files could not be read back.
     #[error("productpage's {0} PEM is unreadable: {1}")]
     Pem(&'static str, String),
+}
+
+impl From<ServeError> for DemoError {
+    fn from(e: ServeError) -> Self {
+        DemoError::Serve(e)
+    }
+}
+
+/// A pointer to the flags that move the demo's gateway sockets.
+fn serve_hint(e: &ServeError) -> &'static str {
+    match e {
+        ServeError::Bind { .. } => {
+            "\n(is another gateway or demo running? choose other ports with --listen ADDR and --admin-addr ADDR)"
+        }
+        _ => "",
+    }
 }
 
 /// Runs the demo until Ctrl-C / SIGTERM.
@@ -232,7 +249,7 @@ async fn setup(
     let sleep = files::issue(&admin, SLEEP_ID, CLIENT_CERT_TTL).await?;
     files::write_identity(&dir.certs("sleep"), &sleep)?;
 
-    let server_check = probe_server_name(productpage.gateway, &pp).await;
+    let server_check = probe_server_name(productpage.gateway, productpage).await;
     let text = Walkthrough {
         meshgate: meshgate_command(),
         dir,
@@ -318,44 +335,40 @@ async fn keep_productpage_certified(admin: AdminClient, dir: &DemoDir, state: &P
 }
 
 /// Whether curl can verify the gateway with `--cacert`: does the
-/// certificate the gateway serves for details' SNI name that host? Checked
-/// with a standard WebPKI client (the check curl makes), presenting
-/// productpage's certificate so the probe also works under STRICT.
-async fn probe_server_name(gateway: SocketAddr, id: &IssuedIdentity) -> ServerCheck {
+/// certificate the gateway serves for details' SNI name that host? The
+/// probe is productpage's own mTLS handshake (which already checks the
+/// chain against the mesh roots and the gateway's SPIFFE ID), followed by
+/// the DNS-name check curl adds on top.
+async fn probe_server_name(gateway: SocketAddr, productpage: &ProductpageState) -> ServerCheck {
+    let Some(config) = productpage.tls.load_full() else {
+        return ServerCheck::Insecure;
+    };
     let attempt = async {
-        let mut roots = rustls::RootCertStore::empty();
-        for r in pem_certs("trust bundle", &id.issued.roots_pem).map_err(|e| e.to_string())? {
-            roots.add(r).map_err(|e| e.to_string())?;
-        }
-        let key = rustls_pemfile::private_key(&mut id.key_pem.as_bytes())
-            .map_err(|e| e.to_string())?
-            .ok_or("no key")?;
-        let chain =
-            pem_certs("certificate chain", &id.issued.chain_pem).map_err(|e| e.to_string())?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
         let tcp = TcpStream::connect(gateway)
             .await
             .map_err(|e| e.to_string())?;
         let name = ServerName::try_from(bookinfo::DETAILS_HOST)
             .map_err(|e| e.to_string())?
             .to_owned();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name.clone(), tcp)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(())
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or("the gateway sent no certificate")?;
+        let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => ServerCheck::CaCert,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "gateway certificate does not name {}", bookinfo::DETAILS_HOST);
+            tracing::debug!(error = %e, "curl cannot verify the gateway by name ({})", bookinfo::DETAILS_HOST);
             ServerCheck::Insecure
         }
         Err(_) => ServerCheck::Insecure,

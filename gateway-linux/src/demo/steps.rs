@@ -4,8 +4,8 @@
 //! Built as a pure function of where things listen and where files are, so
 //! the exact text is unit-tested here and replayed by the end-to-end tests.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::fmt::Write as _;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use super::files::{DemoDir, Topology};
