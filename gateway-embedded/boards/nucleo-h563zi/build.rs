@@ -3,10 +3,10 @@
 //! `memory.x` comes from embassy-stm32 (feature `memory-x`); cortex-m-rt's
 //! `link.x` and defmt's `defmt.x` are added here.
 //!
-//! Until the node's setup page exists, first-boot provisioning is baked in
-//! at build time: `MESHGATE_ROOT_DER` names a DER file with the trust root
-//! that verifies the gateway during enrollment (copied to OUT_DIR; empty
-//! when unset, and the node then waits unprovisioned).
+//! First-boot provisioning may be baked in at build time (for a lab
+//! setup): `MESHGATE_ROOT_DER` names a DER file with the trust root that
+//! verifies the gateway during enrollment (copied to OUT_DIR; empty when
+//! unset). Without it the node serves its setup page on port 80 instead.
 use std::{env, fs, path::PathBuf};
 
 fn main() {
