@@ -310,14 +310,72 @@ type Tagged = (usize, Result<Event<DynamicObject>, watcher::Error>);
 pub async fn run<F, Fut>(
     client: Client,
     options: ControllerOptions,
-    mut apply: F,
-    mut stop: watch::Receiver<bool>,
+    apply: F,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), KubeError>
 where
     F: FnMut(PolicyUpdate) -> Fut + Send,
     Fut: core::future::Future<Output = Result<(), String>> + Send,
 {
-    let mut sources = discover_policy_sources(&client).await?;
+    let sources = discover(&client, &options).await?;
+    watch_loop(client, options, sources, apply, stop).await
+}
+
+/// Discovers the sources, starts the controller on the runtime, and
+/// returns once the first complete configuration from the cluster has
+/// been applied (so a gateway never serves before the cluster's policies
+/// are in force), or fails.
+///
+/// # Errors
+/// Discovery failures; the first configuration was not applied within
+/// `initial_timeout` (API server unreachable, RBAC missing, or `apply`
+/// refused it).
+pub async fn spawn<F, Fut>(
+    client: Client,
+    options: ControllerOptions,
+    mut apply: F,
+    stop: watch::Receiver<bool>,
+    initial_timeout: Duration,
+) -> Result<tokio::task::JoinHandle<()>, KubeError>
+where
+    F: FnMut(PolicyUpdate) -> Fut + Send + 'static,
+    Fut: core::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let sources = discover(&client, &options).await?;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut first_tx = Some(first_tx);
+    let apply = move |u: PolicyUpdate| {
+        let fut = apply(u);
+        let first = first_tx.take();
+        async move {
+            let r = fut.await;
+            // A refused first update drops the notifier: `spawn` then
+            // fails the start instead of serving without the cluster's
+            // policies.
+            if let (Ok(()), Some(tx)) = (&r, first) {
+                let _ = tx.send(());
+            }
+            r
+        }
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = watch_loop(client, options, sources, apply, stop).await {
+            tracing::error!(error = %e, "Kubernetes policy controller stopped");
+        }
+    });
+    let failure = match tokio::time::timeout(initial_timeout, first_rx).await {
+        Ok(Ok(())) => return Ok(task),
+        Ok(Err(_)) => "the first configuration from the API server was refused".to_owned(),
+        Err(_) => format!(
+            "no complete configuration from the API server within {initial_timeout:?} (API server reachable? RBAC?)"
+        ),
+    };
+    task.abort();
+    Err(KubeError::Internal(failure))
+}
+
+async fn discover(client: &Client, options: &ControllerOptions) -> Result<Vec<Source>, KubeError> {
+    let mut sources = discover_policy_sources(client).await?;
     if let Some(selector) = &options.service_selector {
         sources.push(Source {
             kind: "Service".to_owned(),
@@ -332,6 +390,20 @@ where
             labels: None,
         });
     }
+    Ok(sources)
+}
+
+async fn watch_loop<F, Fut>(
+    client: Client,
+    options: ControllerOptions,
+    sources: Vec<Source>,
+    mut apply: F,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), KubeError>
+where
+    F: FnMut(PolicyUpdate) -> Fut + Send,
+    Fut: core::future::Future<Output = Result<(), String>> + Send,
+{
     let streams: Vec<BoxStream<'static, Tagged>> = sources
         .iter()
         .enumerate()

@@ -168,6 +168,9 @@ struct Inner {
     next_watch: u64,
     conflicts: HashMap<&'static str, usize>,
     requests: Vec<String>,
+    /// apiVersions (`group/version`) not served, e.g. a cluster without
+    /// Istio's v1 or without Istio at all.
+    hidden: Vec<String>,
 }
 
 /// A label selector requirement (`k=v`, `k==v`, `k!=v`, `k`).
@@ -606,6 +609,14 @@ impl FakeApiServer {
         }
     }
 
+    /// Stops serving an API version (`security.istio.io/v1`): discovery
+    /// no longer lists it and its paths answer 404, as in a cluster with an
+    /// older Istio (or none). Objects stay stored and are served at the
+    /// other versions of their group.
+    pub fn hide_api_version(&self, api_version: &str) {
+        lock(&self.inner).hidden.push(api_version.to_owned());
+    }
+
     /// Injected conflicts not yet consumed for `plural`.
     pub fn pending_conflicts(&self, plural: &str) -> usize {
         lock(&self.inner)
@@ -710,7 +721,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn discovery(path: &[&str]) -> Option<Value> {
+fn discovery(path: &[&str], hidden: &[String]) -> Option<Value> {
+    let served = |g: &str, v: &str| {
+        RESOURCES
+            .iter()
+            .any(|r| r.group == g && r.versions.contains(&v))
+            && !hidden.contains(&api_version(g, v))
+    };
     let resource_list = |group: &str, version: &str| {
         let resources: Vec<Value> = RESOURCES
             .iter()
@@ -731,7 +748,10 @@ fn discovery(path: &[&str]) -> Option<Value> {
             .iter()
             .find(|r| r.group == name)
             .map(|r| r.versions.to_vec())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| served(name, v))
+            .collect();
         let vs: Vec<Value> = versions
             .iter()
             .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
@@ -749,19 +769,24 @@ fn discovery(path: &[&str]) -> Option<Value> {
                 .iter()
                 .map(|r| r.group)
                 .filter(|g| !g.is_empty())
+                .filter(|g| {
+                    RESOURCES
+                        .iter()
+                        .any(|r| r.group == *g && r.versions.iter().any(|v| served(g, v)))
+                })
                 .collect();
             names.dedup();
             let groups: Vec<Value> = names.iter().map(|n| group_json(n)).collect();
             Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
-        ["apis", g] if RESOURCES.iter().any(|r| r.group == *g) => Some(group_json(g)),
-        ["apis", g, v]
+        ["apis", g]
             if RESOURCES
                 .iter()
-                .any(|r| r.group == *g && r.versions.contains(v)) =>
+                .any(|r| r.group == *g && r.versions.iter().any(|v| served(g, v))) =>
         {
-            Some(resource_list(g, v))
+            Some(group_json(g))
         }
+        ["apis", g, v] if served(g, v) => Some(resource_list(g, v)),
         _ => None,
     }
 }
@@ -774,7 +799,7 @@ type Target<'a> = (
     Option<&'a str>,
 );
 
-fn parse_target<'a>(path: &[&'a str]) -> Option<Target<'a>> {
+fn parse_target<'a>(path: &[&'a str], hidden: &[String]) -> Option<Target<'a>> {
     let (group, version, rest) = match path {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -788,6 +813,9 @@ fn parse_target<'a>(path: &[&'a str]) -> Option<Target<'a>> {
         _ => return None,
     };
     let rt = find_type(group, version, plural)?;
+    if hidden.contains(&api_version(group, version)) {
+        return None;
+    }
     Some((rt, version, ns, name))
 }
 
@@ -805,12 +833,13 @@ async fn handle(
         .requests
         .push(format!("{method} {path_and_query}"));
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let hidden = lock(&state).hidden.clone();
     if method == Method::GET
-        && let Some(d) = discovery(&segments)
+        && let Some(d) = discovery(&segments, &hidden)
     {
         return json_response(200, &d);
     }
-    let Some((rt, version, ns, name)) = parse_target(&segments) else {
+    let Some((rt, version, ns, name)) = parse_target(&segments, &hidden) else {
         return json_response(
             404,
             &status(

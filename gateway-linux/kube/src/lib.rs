@@ -182,6 +182,32 @@ impl KubeMode {
         open_shared_ca(store, config, source, elector, &actor, poll).await
     }
 
+    /// Starts the policy controller and returns once the first complete
+    /// configuration from the cluster is applied (see [`controller::spawn`]):
+    /// what `meshgate serve --kubernetes` calls.
+    ///
+    /// # Errors
+    /// See [`controller::spawn`].
+    pub async fn spawn_controller<F, Fut>(
+        &self,
+        apply: F,
+        stop: watch::Receiver<bool>,
+        initial_timeout: Duration,
+    ) -> Result<tokio::task::JoinHandle<()>, KubeError>
+    where
+        F: FnMut(PolicyUpdate) -> Fut + Send + 'static,
+        Fut: core::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        controller::spawn(
+            self.client.clone(),
+            self.options.controller.clone(),
+            apply,
+            stop,
+            initial_timeout,
+        )
+        .await
+    }
+
     /// Runs the policy controller until `stop` (see [`controller::run`]).
     ///
     /// # Errors

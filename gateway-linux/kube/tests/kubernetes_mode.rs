@@ -627,3 +627,77 @@ async fn two_replicas_share_the_ca_and_only_one_holds_the_lease() {
         "released: {lease}"
     );
 }
+
+#[tokio::test]
+async fn spawn_returns_once_the_clusters_policies_are_applied_and_falls_back_to_v1beta1() {
+    init_logs();
+    let server = FakeApiServer::start();
+    // An Istio that serves only v1beta1: the controller must watch that.
+    server.hide_api_version("security.istio.io/v1");
+    server.apply(seed_strict());
+    let kube = KubeMode::from_config(server.kube_config(), options("meshgate-0")).expect("client");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let apply = move |u: PolicyUpdate| {
+        let tx = tx.clone();
+        async move { tx.send(u).map_err(|e| e.to_string()) }
+    };
+    let task = kube
+        .spawn_controller(apply, stop_rx, Duration::from_secs(10))
+        .await
+        .expect("started");
+    // By the time spawn returns, the STRICT policy has been handed over.
+    let first = rx
+        .try_recv()
+        .expect("first update applied before spawn returned");
+    let labels: &[(&str, &str)] = &[];
+    assert_eq!(
+        mode_of(&first, "bookinfo", labels, 9080),
+        EffectiveMode::Strict
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /apis/security.istio.io/v1beta1/peerauthentications?")),
+        "watched at v1beta1"
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /apis/security.istio.io/v1/peerauthentications")),
+        "never asked for the unserved v1"
+    );
+    stop_tx.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("task");
+}
+
+#[tokio::test]
+async fn spawn_fails_without_istio_crds_or_when_the_first_update_is_refused() {
+    init_logs();
+    let server = FakeApiServer::start();
+    let kube = KubeMode::from_config(server.kube_config(), options("meshgate-0")).expect("client");
+    let refuse = |_u: PolicyUpdate| async { Err::<(), String>("data plane refused".to_owned()) };
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let err = kube
+        .spawn_controller(refuse, stop_rx.clone(), Duration::from_secs(10))
+        .await
+        .expect_err("refused first update fails the start");
+    assert!(err.to_string().contains("refused"), "{err}");
+
+    server.hide_api_version("security.istio.io/v1");
+    server.hide_api_version("security.istio.io/v1beta1");
+    let accept = |_u: PolicyUpdate| async { Ok::<(), String>(()) };
+    let err = kube
+        .spawn_controller(accept, stop_rx, Duration::from_secs(10))
+        .await
+        .expect_err("no Istio CRDs");
+    assert!(
+        matches!(err, meshgate_kube::KubeError::MissingCrd { .. }),
+        "{err}"
+    );
+}
