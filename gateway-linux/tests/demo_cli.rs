@@ -235,7 +235,7 @@ fn demo_prints_working_commands_starts_fresh_and_stops_on_ctrl_c() {
     );
     let python = demo.printed(&["python3 -c"]);
     assert!(
-        python.contains(&format!("http://127.0.0.1:{}/productpage", p.productpage)),
+        python.contains(&format!("http://127.0.0.1:{}/details/1", p.productpage)),
         "{python}"
     );
     let tls = demo.printed(&["curl -k https://details"]);
@@ -248,6 +248,7 @@ fn demo_prints_working_commands_starts_fresh_and_stops_on_ctrl_c() {
     assert!(issue.contains("--out meshgate-demo/certs/sleep"), "{issue}");
     for needle in [
         format!("admin + UI   http://127.0.0.1:{}/", p.admin),
+        format!("curl http://127.0.0.1:{}/productpage", p.productpage),
         "admin token  mgt_".to_owned(),
         "apply -f meshgate-demo/details-viewer.yaml".to_owned(),
         "certs/productpage/chain.pem".to_owned(),

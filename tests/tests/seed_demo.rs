@@ -9,7 +9,8 @@
 //!   the host only over that veth pair (10.250.x.y/30, no routes beyond).
 //!   The printed curl commands are run there with `--resolve` pointed at
 //!   the veth address.
-//! - productpage's pod: the printed `python3 urllib` command on the host.
+//! - productpage's pod: the printed `python3 urllib` command (and the
+//!   product page) on the host.
 //! - `meshgate apply` / `meshgate cert issue`: the printed commands, run as
 //!   printed from the demo's working directory.
 //!
@@ -502,6 +503,29 @@ fn assert_no_workload_secrets_on_disk(data: &Path, step: &str) {
     );
 }
 
+/// productpage's pod: the app's python urllib call to details (its
+/// sidecar sends it through the gateway with mTLS) and the product page.
+fn assert_productpage_reaches_details(demo: &Demo, work: &Path, step: &str) {
+    let python = demo.printed(&["python3 -c", "urllib.request.urlopen"]);
+    let (code, out, err) = text(&host_sh(&python, work));
+    assert_eq!(code, 0, "{step} {python}: {out} {err}");
+    assert!(
+        out.contains(r#"{"id":1,"author":"William Shakespeare""#),
+        "{step} python: {out}"
+    );
+    let page = demo.printed(&["curl http://127.0.0.1:", "/productpage"]);
+    let (code, out, err) = text(&host_sh(
+        &format!("{page} -sS --max-time 10 -w '\\n%{{http_code}}'"),
+        work,
+    ));
+    let (body, status) = body_and_code(&out);
+    assert_eq!((code, status), (0, "200"), "{step} {page}: {out} {err}");
+    assert!(
+        body.contains(r#"<pre id="details">{"id":1,"#),
+        "{step} productpage: {body}"
+    );
+}
+
 // --- the seed ------------------------------------------------------------
 
 #[test]
@@ -560,13 +584,7 @@ fn seed_securing_services_with_mutual_tls() {
         );
     }
     // productpage (python urllib in its pod) reaches details.
-    let python = demo.printed(&["python3 -c", "urllib.request.urlopen"]);
-    let (code, out, err) = text(&host_sh(&python, &work));
-    assert_eq!(code, 0, "step 1 productpage: {out} {err}");
-    assert!(
-        out.contains(r#"<pre id="details">{"id":1,"#),
-        "step 1 productpage: {out}"
-    );
+    assert_productpage_reaches_details(&demo, &work, "step 1");
 
     // 2. Require mutual TLS for the bookinfo namespace.
     let apply = demo.printed(&["apply -f", "mutual-tls.yaml"]);
@@ -592,12 +610,7 @@ fn seed_securing_services_with_mutual_tls() {
         "step 3: no HTTP response expected"
     );
     // ... while the components in bookinfo still communicate.
-    let (code, out, err) = text(&host_sh(&python, &work));
-    assert_eq!(code, 0, "step 3 productpage: {out} {err}");
-    assert!(
-        out.contains(r#"<pre id="details">{"id":1,"#),
-        "step 3 productpage: {out}"
-    );
+    assert_productpage_reaches_details(&demo, &work, "step 3");
 
     // 4. TLS without a client certificate: alert certificate_required.
     let no_cert = demo.printed(&["curl -k https://details", "/details/100 "]);
@@ -698,12 +711,7 @@ fn seed_securing_services_with_mutual_tls() {
         body.contains(&format!("URI={SLEEP_ID}")),
         "productpage echoes the XFCC naming the legacy client: {body}"
     );
-    let (code, out, err) = text(&host_sh(&python, &work));
-    assert_eq!(code, 0, "step 6 productpage: {out} {err}");
-    assert!(
-        out.contains(r#"<pre id="details">{"id":1,"#),
-        "step 6 productpage: {out}"
-    );
+    assert_productpage_reaches_details(&demo, &work, "step 6");
 
     // The gateway saw the legacy client at its own address: the access
     // log names it, denied in plaintext after STRICT, denied by RBAC.

@@ -8,7 +8,11 @@
 //!   `spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage` — the part
 //!   an Istio sidecar plays — and renders a small page with what details
 //!   answered and the `x-forwarded-client-cert` header the gateway sent
-//!   (so a user sees which identity the gateway verified for them).
+//!   (so a user sees which identity the gateway verified for them). Its
+//!   `GET /details/<id>` plays the pod's sidecar for the app: the request
+//!   goes to details the same way and details' answer comes back as is, so
+//!   the seed's `urlopen("http://details:9080/details/1")` from inside the
+//!   productpage pod has a literal counterpart.
 //!
 //! Both are ordinary sockets on 127.0.0.1, reached by the gateway as
 //! legacy (plaintext) upstreams, exactly like the services in a settings
@@ -147,8 +151,11 @@ enum DetailsCallError {
     Timeout,
 }
 
-/// Calls `GET /details/<PRODUCT_ID>` on details through the gateway.
-async fn call_details(state: &ProductpageState) -> Result<(StatusCode, String), DetailsCallError> {
+/// Calls `GET <path>` on details through the gateway.
+async fn call_details(
+    state: &ProductpageState,
+    path: &str,
+) -> Result<(StatusCode, String), DetailsCallError> {
     let config = state
         .tls
         .load_full()
@@ -172,7 +179,7 @@ async fn call_details(state: &ProductpageState) -> Result<(StatusCode, String), 
         tokio::spawn(async move {
             let _ignored = conn.await;
         });
-        let req = Request::get(format!("/details/{PRODUCT_ID}"))
+        let req = Request::get(path)
             .header(
                 header::HOST,
                 format!("{DETAILS_HOST}:{DETAILS_SERVICE_PORT}"),
@@ -282,12 +289,26 @@ impl App {
                             .headers()
                             .get("x-forwarded-client-cert")
                             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                        let details = call_details(state).await;
+                        let details = call_details(state, &format!("/details/{PRODUCT_ID}")).await;
                         if let Err(e) = &details {
                             tracing::warn!(error = %e, "productpage: details call failed");
                         }
                         let (s, b) = productpage_page(state, &details, xfcc.as_deref());
                         (s, "text/html; charset=utf-8", b)
+                    }
+                    // The pod's sidecar: what the app sends to details in
+                    // plaintext leaves the pod as mTLS with productpage's
+                    // identity (the seed's `urlopen("http://details:9080/details/1")`
+                    // from inside productpage).
+                    (&Method::GET, p) if p.starts_with("/details/") => {
+                        match call_details(state, &path).await {
+                            Ok((s, b)) => (s, "application/json", b),
+                            Err(e) => (
+                                StatusCode::BAD_GATEWAY,
+                                "text/plain; charset=utf-8",
+                                format!("upstream connect error: {e}\n"),
+                            ),
+                        }
                     }
                     (&Method::GET, "/health") => (
                         StatusCode::OK,
@@ -433,7 +454,7 @@ mod tests {
     async fn productpage_without_certificate_does_not_call_out() {
         let st = state();
         assert!(matches!(
-            call_details(&st).await,
+            call_details(&st, "/details/1").await,
             Err(DetailsCallError::NoCertificate)
         ));
     }

@@ -204,6 +204,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), DemoError> {
         listen: Vec::new(),
         cacerts: None,
         drain_timeout: DRAIN_SECS,
+        edge_addr: None,
     });
     tokio::pin!(serve);
     let setup = setup(&dir, &topology, &productpage);

@@ -107,10 +107,20 @@ impl Walkthrough<'_> {
         )
     }
 
-    fn python_productpage(&self) -> String {
+    /// The seed's python call from inside the productpage pod: to details
+    /// through productpage's sidecar (its port's `/details/` path).
+    fn python_details(&self) -> String {
         let pp = dial_addr(self.topology.productpage);
         format!(
-            "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://{pp}/productpage\").read().decode())'"
+            "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://{pp}/details/1\").read())'"
+        )
+    }
+
+    /// productpage's page, which calls details the same way.
+    fn curl_productpage(&self) -> String {
+        format!(
+            "curl http://{}/productpage",
+            dial_addr(self.topology.productpage)
         )
     }
 
@@ -179,9 +189,14 @@ impl Walkthrough<'_> {
         );
         let _ = writeln!(
             w,
-            "   Inside the productpage pod (python, as in the seed) productpage reaches details:"
+            "   Inside the productpage pod (python, as in the seed) the app reaches details; its sidecar sends it with mTLS:"
         );
-        let _ = writeln!(w, "   {}", self.python_productpage());
+        let _ = writeln!(w, "   {}", self.python_details());
+        let _ = writeln!(
+            w,
+            "   {}      # the product page, built from details",
+            self.curl_productpage()
+        );
 
         let _ = writeln!(w);
         let _ = writeln!(
@@ -214,7 +229,8 @@ impl Walkthrough<'_> {
             w,
             "   The components in bookinfo still communicate (productpage -> details is mTLS):"
         );
-        let _ = writeln!(w, "   {}", self.python_productpage());
+        let _ = writeln!(w, "   {}", self.python_details());
+        let _ = writeln!(w, "   {}", self.curl_productpage());
 
         let _ = writeln!(w);
         let _ = writeln!(
@@ -285,7 +301,11 @@ impl Walkthrough<'_> {
             self.mtls_flags("sleep"),
             self.target("https", PRODUCTPAGE_HOST, "/productpage")
         );
-        let _ = writeln!(w, "   {}", self.python_productpage());
+        let _ = writeln!(
+            w,
+            "   {}      # 200: productpage's identity is allowed",
+            self.python_details()
+        );
 
         let _ = writeln!(w);
         let _ = writeln!(w, "Start over: stop with Ctrl-C and run the demo again.");
@@ -339,7 +359,8 @@ mod tests {
             "meshgate cert issue --spiffe-id spiffe://cluster.local/ns/bookinfo/sa/sleep --out meshgate-demo/certs/sleep --data-dir meshgate-demo/data",
             "curl --cert meshgate-demo/certs/sleep/chain.pem --key meshgate-demo/certs/sleep/key.pem --cacert meshgate-demo/certs/sleep/ca.pem https://details.bookinfo.svc.cluster.local:9080/details/100",
             "meshgate apply -f meshgate-demo/details-viewer.yaml --data-dir meshgate-demo/data",
-            "urlopen(\"http://127.0.0.1:19081/productpage\")",
+            "urlopen(\"http://127.0.0.1:19081/details/1\")",
+            "curl http://127.0.0.1:19081/productpage",
             "admin + UI   http://127.0.0.1:15000/",
             "admin token  mgt_TOKEN",
         ] {
