@@ -27,7 +27,7 @@
 //! Build the binary first: `cargo build -p meshgate` (or set MESHGATE_BIN).
 
 use core::time::Duration;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -233,10 +233,13 @@ fn prerequisites_met() -> bool {
         std::env::var("CI").ok().as_deref() != Some("true"),
         "{why} (CI=true: not skipping)"
     );
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIP seed_demo: {why}");
-    eprintln!("!!! (run as root, e.g. in CI with CI=true, to replay the seed)");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+    let bar = "!".repeat(64);
+    let banner = format!(
+        "\n{bar}\n!!! SKIP: {why}\n!!! (run as root, e.g. in CI with CI=true, to replay the seed)\n{bar}\n\n"
+    );
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of passing tests, and a skip must not go unseen.
+    let _ = std::io::stderr().write_all(banner.as_bytes());
     false
 }
 
