@@ -68,6 +68,8 @@ impl Demo {
                 &format!("127.0.0.1:{}", ports.data),
                 "--admin-addr",
                 &format!("127.0.0.1:{}", ports.admin),
+                "--edge-addr",
+                "127.0.0.1:0",
                 "--details-port",
                 "0",
                 "--productpage-port",

@@ -551,6 +551,8 @@ fn seed_securing_services_with_mutual_tls() {
         &format!("{}:{port}", netns.host_ip),
         "--admin-addr",
         &format!("127.0.0.1:{}", free_port()),
+        "--edge-addr",
+        "127.0.0.1:0",
         "--details-port",
         "0",
         "--productpage-port",

@@ -72,6 +72,11 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub(crate) admin_addr: SocketAddr,
 
+    /// Edge-node tunnel and enrollment listener of the gateway (0 picks a
+    /// free port; the printed steps do not use it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15443")]
+    pub(crate) edge_addr: SocketAddr,
+
     /// Port of the details workload on 127.0.0.1 (0 picks a free one).
     #[arg(long, value_name = "PORT", default_value_t = 19080)]
     pub(crate) details_port: u16,
@@ -204,7 +209,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), DemoError> {
         listen: Vec::new(),
         cacerts: None,
         drain_timeout: DRAIN_SECS,
-        edge_addr: None,
+        edge_addr: Some(args.edge_addr),
     });
     tokio::pin!(serve);
     let setup = setup(&dir, &topology, &productpage);
