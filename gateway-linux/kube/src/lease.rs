@@ -115,13 +115,18 @@ impl LeaderElector {
     }
 
     fn set_leader(&self, leader: bool) {
-        self.leader_tx.send_if_modified(|l| {
+        let changed = self.leader_tx.send_if_modified(|l| {
             let changed = *l != leader;
             *l = leader;
             changed
         });
-        if leader {
-            tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
+        if changed {
+            let what = if leader {
+                "became the leader"
+            } else {
+                "no longer the leader"
+            };
+            tracing::info!(lease = %self.name, identity = %self.identity, "{what}");
         }
     }
 
