@@ -242,6 +242,21 @@ fn machine(cli: &Cli, plan: &Plan, meshgate_bin: &Path) -> Machine {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
+    // The binary is built from the working tree, which may be ahead of
+    // HEAD in the gateway's sources.
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(&workspace)
+        .args(["status", "--porcelain", "--", "core", "gateway-linux"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| !o.stdout.is_empty());
+    let rev = if dirty {
+        format!("{rev} + uncommitted changes")
+    } else {
+        rev
+    };
     let mut versions = Vec::new();
     if plan.kinds.contains(&Kind::Nginx) {
         let v = command_output(&cli.nginx_bin, &["-V"]);
