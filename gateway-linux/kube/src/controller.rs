@@ -197,6 +197,9 @@ struct Controller {
     reporter: EventReporter,
     /// resourceVersion last reported per invalid resource.
     reported: HashMap<ResourceKey, String>,
+    /// The invalid resources of the last recompute, reported after the
+    /// valid ones were applied (enforcement first, Events second).
+    pending_reports: Vec<InvalidResource>,
     last: Option<(Vec<Policy>, Vec<Service>)>,
     generation: u64,
 }
@@ -204,7 +207,7 @@ struct Controller {
 impl Controller {
     /// Recomputes the configuration from the cache. Returns the update to
     /// hand over, or `None` if nothing changed or the build failed.
-    async fn recompute(&mut self) -> Option<PolicyUpdate> {
+    fn recompute(&mut self) -> Option<PolicyUpdate> {
         if !self.caches.iter().all(|c| c.synced) {
             return None;
         }
@@ -242,7 +245,7 @@ impl Controller {
             &self.options.cluster_domain,
         );
         excluded.extend(bad_services);
-        self.report(&excluded).await;
+        self.pending_reports.clone_from(&excluded);
 
         policies.sort_by(|a, b| {
             let (ma, mb) = (a.meta(), b.meta());
@@ -284,9 +287,10 @@ impl Controller {
     }
 
     /// Reports each invalid resource once per resourceVersion.
-    async fn report(&mut self, excluded: &[InvalidResource]) {
+    async fn report(&mut self) {
+        let excluded = core::mem::take(&mut self.pending_reports);
         let mut still = HashMap::new();
-        for r in excluded {
+        for r in &excluded {
             if self.reported.get(&r.key) != Some(&r.resource_version) {
                 self.reporter.invalid(r).await;
             }
@@ -426,6 +430,7 @@ where
         options,
         sources,
         reported: HashMap::new(),
+        pending_reports: Vec::new(),
         last: None,
         generation: 0,
     };
@@ -451,7 +456,8 @@ where
         if !changed {
             continue;
         }
-        if let Some(update) = controller.recompute().await {
+        let update = controller.recompute();
+        if let Some(update) = update {
             let snapshot = (update.policies.clone(), update.services.clone());
             let generation = update.generation;
             match apply(update).await {
@@ -469,6 +475,7 @@ where
                 }
             }
         }
+        controller.report().await;
     }
 }
 

@@ -171,6 +171,10 @@ struct Inner {
     /// apiVersions (`group/version`) not served, e.g. a cluster without
     /// Istio's v1 or without Istio at all.
     hidden: Vec<String>,
+    /// While set, new watch requests answer 503 (an API server that is
+    /// unreachable for watches), so changes made meanwhile are certainly
+    /// missed by the client's live stream.
+    watches_paused: bool,
 }
 
 /// A label selector requirement (`k=v`, `k==v`, `k!=v`, `k`).
@@ -593,6 +597,20 @@ impl FakeApiServer {
         lock(&self.inner).watches.clear();
     }
 
+    /// Cuts every open watch and refuses new ones with `503` until
+    /// [`Self::resume_watches`]: what a client sees while the connection to
+    /// the API server is down.
+    pub fn pause_watches(&self) {
+        let mut inner = lock(&self.inner);
+        inner.watches_paused = true;
+        inner.watches.clear();
+    }
+
+    /// Accepts watch requests again.
+    pub fn resume_watches(&self) {
+        lock(&self.inner).watches_paused = false;
+    }
+
     /// Forgets the history up to now: a watch resuming from an older
     /// resourceVersion gets `410 Gone` and must re-list.
     pub fn compact(&self) {
@@ -945,6 +963,12 @@ fn watch(
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_secs);
     let mut inner = lock(state);
+    if inner.watches_paused {
+        return json_response(
+            503,
+            &status(503, "ServiceUnavailable", "watches are paused by the test"),
+        );
+    }
     if from != 0 && from < inner.compacted {
         // What a real API server does for a compacted resourceVersion: a
         // 200 response whose only event is an ERROR carrying 410 Gone.
