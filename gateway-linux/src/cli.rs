@@ -94,6 +94,13 @@ pub(crate) enum Command {
     )]
     Demo(crate::demo::DemoArgs),
 
+    /// Manage edge nodes: enrollment tokens, status, forwarding rules, revocation.
+    #[command(
+        after_help = "Examples:\n  meshgate edge token create --namespace factory --name plc-gw-1 \\\n      --listen 8080=details.bookinfo.svc.cluster.local:9080\n  \
+                      meshgate edge list\n  meshgate edge revoke plc-gw-1 --reason decommissioned"
+    )]
+    Edge(crate::edge::cli::EdgeArgs),
+
     /// Create or update policies from Istio YAML on a running gateway.
     #[command(
         long_about = "Create or update PeerAuthentication and AuthorizationPolicy \
@@ -169,6 +176,11 @@ pub(crate) struct ServeArgs {
     /// the address is printed at start).
     #[arg(long, env = "MESHGATE_ADMIN_ADDR", value_name = "ADDR")]
     pub(crate) admin_addr: Option<SocketAddr>,
+
+    /// Edge-node tunnel and enrollment listener, TLS (default
+    /// 127.0.0.1:15443; port 0 picks a free port; printed at start).
+    #[arg(long, env = "MESHGATE_EDGE_ADDR", value_name = "ADDR")]
+    pub(crate) edge_addr: Option<SocketAddr>,
 
     /// Replace the settings' data-plane listener addresses: NAME=ADDR binds
     /// the listener called NAME to ADDR (repeatable; port 0 picks a free

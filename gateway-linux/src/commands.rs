@@ -23,6 +23,7 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(_) => anyhow::bail!("`serve` is not a client command"),
         Command::Demo(_) => anyhow::bail!("`demo` is not a client command"),
+        Command::Edge(a) => crate::edge::cli::run(a).await,
         Command::Apply(a) => apply(&a.admin, &a.file, false).await,
         Command::Delete(a) => apply(&a.admin, &a.file, true).await,
         Command::Get(a) => get(a).await,

@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod dataplane;
 mod demo;
+mod edge;
 mod fsutil;
 mod identity;
 mod reload;

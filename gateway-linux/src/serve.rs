@@ -127,6 +127,9 @@ pub(crate) enum ServeError {
         /// Its value.
         value: String,
     },
+    /// The edge tunnel server could not start.
+    #[error(transparent)]
+    Edge(#[from] crate::edge::EdgeError),
     /// Installing a signal handler failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -417,6 +420,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     control.set_listeners(bound.clone());
     dp.set_revocation_check(revocations);
     control.set_data_plane(dp.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let edge = crate::edge::start(
+        crate::edge::EdgeOptions::new(args.edge_addr),
+        store.clone(),
+        ca.clone(),
+        dp.clone(),
+        &settings,
+        stop_rx.clone(),
+    )
+    .await?;
 
     let admin_addr = args.admin_addr.unwrap_or(settings.admin_address);
     let bind_err = |source| ServeError::Bind {
@@ -436,8 +449,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             let dp = dp.clone();
             Arc::new(move || dp.render_metrics())
         }),
+        edge: Some(edge.clone()),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     // With the peer address, so the admin API can rate-limit per client.
     let admin_server = axum::serve(
         admin_listener,
@@ -492,6 +505,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     for (name, addr) in &bound {
         println!("meshgate: listening on {name} {addr}");
     }
+    println!("{}", edge.startup_line());
     if let Some(token) = new_token {
         // Printed exactly once, at the start that created it. The server
         // keeps only its hash; the 0600 copy serves local CLI use.

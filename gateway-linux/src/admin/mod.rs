@@ -48,6 +48,8 @@ pub(crate) struct AdminState {
     pub(crate) identity: crate::identity::IdentityHandle,
     /// Extra Prometheus text (the data plane's metrics).
     pub(crate) extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The edge-node server (routes under `/api/v1/edge/`).
+    pub(crate) edge: Option<Arc<crate::edge::EdgeServer>>,
 }
 
 impl core::fmt::Debug for AdminState {
@@ -70,6 +72,10 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(api::routes())
         .merge(ca_api::routes())
+        .merge(match state.edge.clone() {
+            Some(edge) => crate::edge::api::router(edge),
+            None => Router::new(),
+        })
         .merge(revoke_api::routes())
         .merge(ui::router())
         .fallback(not_found)

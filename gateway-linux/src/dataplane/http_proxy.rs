@@ -178,7 +178,15 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Refused> {
     let snapshot = ctx.shared.snapshot.load_full();
     let mut rec = Record::new(&ctx, &snapshot, &req);
-    let host = request_host(&req);
+    // A listener bound to one service (an edge node's forwarding rule)
+    // sends every request there, whatever `Host` says: the legacy client
+    // addressed the node, not the service.
+    let host = match ctx.listener.service.as_deref() {
+        Some(service) if ctx.listener.protocol == Protocol::Http => {
+            Some(format!("{service}:{}", ctx.listener.port))
+        }
+        _ => request_host(&req),
+    };
     let Some(route) = host
         .as_deref()
         .and_then(|h| snapshot.route(h, ctx.listener.port))
@@ -244,6 +252,7 @@ async fn handle(
         Protocol::Http,
         ctx.shared.options.upstream_connect_timeout,
         false,
+        ctx.shared.edge.get().map(|c| &**c),
     )
     .await
     {

@@ -20,6 +20,7 @@
 //!   Prometheus see.
 
 pub(crate) mod access_log;
+pub(crate) mod authenticated;
 mod http_proxy;
 pub(crate) mod identity;
 mod inbound;
@@ -108,6 +109,8 @@ impl ListenerSpec {
 /// State shared by every listener and connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// Reaches devices behind edge nodes (set once by the edge server).
+    edge: std::sync::OnceLock<Arc<dyn authenticated::EdgeConnector>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     identity: Arc<ArcSwap<Identity>>,
     options: Options,
@@ -163,6 +166,7 @@ impl DataPlane {
         let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
         Self {
             shared: Arc::new(Shared {
+                edge: std::sync::OnceLock::new(),
                 snapshot,
                 identity,
                 options,
@@ -267,6 +271,12 @@ impl DataPlane {
             Some(check) => self.shared.live.close_revoked(&**check),
             None => 0,
         }
+    }
+
+    /// Registers the edge server, through which service endpoints behind
+    /// edge nodes are reached. Only the first registration counts.
+    pub(crate) fn set_edge_connector(&self, c: Arc<dyn authenticated::EdgeConnector>) {
+        let _ = self.shared.edge.set(c);
     }
 
     /// Inbound connections currently open.

@@ -85,6 +85,10 @@ async fn tcp_connect(address: &EndpointAddress) -> io::Result<TcpStream> {
     match address {
         EndpointAddress::Ip(a) => TcpStream::connect(a).await,
         EndpointAddress::Dns(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+        EndpointAddress::Edge { node, .. } => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("edge node {node} is reached through its tunnel"),
+        )),
     }
 }
 
@@ -98,6 +102,7 @@ pub(crate) async fn connect(
     protocol: Protocol,
     connect_timeout: Duration,
     passthrough: bool,
+    edge: Option<&dyn super::authenticated::EdgeConnector>,
 ) -> Result<(Box<dyn UpstreamIo>, String), UpstreamError> {
     let service = route.destination();
     let mut tried = 0;
@@ -105,6 +110,25 @@ pub(crate) async fn connect(
     for endpoint in route.endpoints_in_turn() {
         tried += 1;
         let shown = endpoint.address.to_string();
+        if let EndpointAddress::Edge { node, .. } = &endpoint.address {
+            // The tunnel is the mTLS hop; the device speaks plaintext.
+            let host = route.service.name();
+            let attempt = match edge {
+                Some(c) => c.connect(node, host, route.port().number).await,
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "no edge server running",
+                )),
+            };
+            match attempt {
+                Ok(io) => return Ok((io, shown)),
+                Err(e) => {
+                    tracing::debug!(endpoint = %shown, error = %e, "edge device connect failed");
+                    last = Some(e);
+                    continue;
+                }
+            }
+        }
         let tcp = match tokio::time::timeout(connect_timeout, tcp_connect(&endpoint.address)).await
         {
             Ok(Ok(s)) => s,

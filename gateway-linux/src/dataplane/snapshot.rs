@@ -43,6 +43,8 @@ pub(crate) enum EndpointAddress {
     Ip(SocketAddr),
     /// A DNS name resolved at connect time, and the port.
     Dns(String, u16),
+    /// A legacy device behind edge node `node`, reached through its tunnel.
+    Edge { node: String, device: SocketAddr },
 }
 
 impl fmt::Display for EndpointAddress {
@@ -50,6 +52,7 @@ impl fmt::Display for EndpointAddress {
         match self {
             EndpointAddress::Ip(a) => write!(f, "{a}"),
             EndpointAddress::Dns(h, p) => write!(f, "{h}:{p}"),
+            EndpointAddress::Edge { node, device } => write!(f, "edge:{node}/{device}"),
         }
     }
 }
@@ -101,9 +104,13 @@ impl ServiceSpec {
                     endpoints: s
                         .endpoints(p)
                         .map(|(w, port)| Endpoint {
-                            address: match &w.address {
-                                Address::Ip(ip) => EndpointAddress::Ip(SocketAddr::new(*ip, port)),
-                                Address::Dns(h) => EndpointAddress::Dns(h.clone(), port),
+                            address: match (&w.address, edge_node(w)) {
+                                (Address::Ip(ip), Some(node)) => EndpointAddress::Edge {
+                                    node: node.to_owned(),
+                                    device: SocketAddr::new(*ip, port),
+                                },
+                                (Address::Ip(ip), None) => EndpointAddress::Ip(SocketAddr::new(*ip, port)),
+                                (Address::Dns(h), _) => EndpointAddress::Dns(h.clone(), port),
                             },
                             upstream: match &w.upstream {
                                 UpstreamTls::Plaintext => UpstreamSecurity::Plaintext,
@@ -117,6 +124,14 @@ impl ServiceSpec {
                 .collect(),
         }
     }
+}
+
+/// The edge node a workload (a legacy device) is behind, if any.
+fn edge_node(w: &meshgate_config::settings::Workload) -> Option<&str> {
+    w.labels
+        .iter()
+        .find(|(k, _)| k == crate::edge::EDGE_NODE_LABEL)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The effective mode of a workload port and the policy that decided it.

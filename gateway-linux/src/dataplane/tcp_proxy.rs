@@ -128,6 +128,7 @@ pub(crate) async fn serve<IO>(
         Protocol::Tcp,
         shared.options.upstream_connect_timeout,
         kind == TcpKind::Passthrough,
+        shared.edge.get().map(|c| &**c),
     )
     .await;
     let (mut upstream, _endpoint) = match upstream {

@@ -103,7 +103,7 @@ fn error(e: &RegistryError) -> Response {
 async fn list(State(edge): State<Arc<EdgeServer>>) -> Json<NodeList<NodeView>> {
     Json(NodeList {
         nodes: edge.nodes(),
-        tunnel_address: edge.local_addr().to_string(),
+        tunnel_address: edge.tunnel_address(),
     })
 }
 
@@ -125,7 +125,7 @@ async fn create(State(edge): State<Arc<EdgeServer>>, Json(req): Json<CreateReque
                     Json(CreateResponse {
                         node,
                         token,
-                        tunnel_address: edge.local_addr().to_string(),
+                        tunnel_address: edge.tunnel_address(),
                     }),
                 )
                     .into_response(),

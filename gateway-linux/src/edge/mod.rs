@@ -82,15 +82,21 @@ pub(crate) enum EdgeError {
 pub(crate) struct EdgeOptions {
     /// Where the tunnel listens.
     pub(crate) listen: SocketAddr,
+    /// The address was asked for (`--edge-addr`): failing to bind it stops
+    /// the gateway. The default address being taken (another gateway on
+    /// the host) only leaves this one without a tunnel, loudly.
+    pub(crate) explicit: bool,
     /// Lifetime of node certificates; `None` = the CA's default.
     pub(crate) cert_ttl: Option<Duration>,
 }
 
 impl EdgeOptions {
-    /// Tunnel on `listen`, node certificates with the CA's default TTL.
-    pub(crate) fn new(listen: SocketAddr) -> Self {
+    /// Tunnel on `listen` (or [`DEFAULT_ADDR`]), node certificates with the
+    /// CA's default TTL.
+    pub(crate) fn new(listen: Option<SocketAddr>) -> Self {
         EdgeOptions {
-            listen,
+            listen: listen.unwrap_or(DEFAULT_ADDR),
+            explicit: listen.is_some(),
             cert_ttl: None,
         }
     }
@@ -137,7 +143,7 @@ pub(crate) struct EdgeServer {
     tunnels: Mutex<HashMap<String, LiveTunnel>>,
     next_conn: core::sync::atomic::AtomicU64,
     tls: tunnel::TlsConfigCache,
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
 }
 
 impl core::fmt::Debug for EdgeServer {
@@ -196,16 +202,23 @@ pub(crate) async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<Arc<EdgeServer>, EdgeError> {
     let registry = Registry::load(store, settings.trust_domain.clone())?;
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| EdgeError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind {
-        addr: opts.listen,
-        source,
-    })?;
+    let bound = match TcpListener::bind(opts.listen).await {
+        Ok(l) => l.local_addr().map(|a| (l, a)),
+        Err(e) => Err(e),
+    };
+    let (listener, local_addr) = match bound {
+        Ok((l, a)) => (Some(l), Some(a)),
+        Err(source) if opts.explicit => {
+            return Err(EdgeError::Bind {
+                addr: opts.listen,
+                source,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(addr = %opts.listen, error = %e, "edge tunnel listener not started (use --edge-addr to choose another address); nodes cannot connect to this gateway");
+            (None, None)
+        }
+    };
     let protocols = settings
         .services
         .iter()
@@ -235,14 +248,29 @@ pub(crate) async fn start(
         local_addr,
     });
     dp.set_edge_connector(server.clone());
-    tokio::spawn(tunnel::accept_loop(server.clone(), listener, stop));
+    if let Some(listener) = listener {
+        tokio::spawn(tunnel::accept_loop(server.clone(), listener, stop));
+    }
     Ok(server)
 }
 
 impl EdgeServer {
-    /// The bound tunnel address.
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// What `meshgate serve` prints about the tunnel at start.
+    pub(crate) fn startup_line(&self) -> String {
+        match self.local_addr {
+            Some(a) => format!("meshgate: edge tunnel listening on {a}"),
+            None => format!(
+                "meshgate: edge tunnel NOT listening: {DEFAULT_ADDR} is in use (choose an address with --edge-addr)"
+            ),
+        }
+    }
+
+    /// The tunnel address for people: the address, or why there is none.
+    pub(crate) fn tunnel_address(&self) -> String {
+        self.local_addr.map_or_else(
+            || "not listening (default address in use; see --edge-addr)".to_owned(),
+            |a| a.to_string(),
+        )
     }
 
     fn protocol_for(&self, host: &str, port: u16) -> Protocol {
