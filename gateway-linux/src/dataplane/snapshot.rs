@@ -109,7 +109,9 @@ impl ServiceSpec {
                                     node: node.to_owned(),
                                     device: SocketAddr::new(*ip, port),
                                 },
-                                (Address::Ip(ip), None) => EndpointAddress::Ip(SocketAddr::new(*ip, port)),
+                                (Address::Ip(ip), None) => {
+                                    EndpointAddress::Ip(SocketAddr::new(*ip, port))
+                                }
                                 (Address::Dns(h), _) => EndpointAddress::Dns(h.clone(), port),
                             },
                             upstream: match &w.upstream {
