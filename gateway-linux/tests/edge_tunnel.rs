@@ -589,6 +589,31 @@ fn write_settings(dir: &Path, details: SocketAddr, device: SocketAddr) -> std::p
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).expect("mkdir");
     std::fs::write(policies.join("strict.yaml"), STRICT_BOOKINFO).expect("policy");
+    // Only the node may read details, and only these paths.
+    std::fs::write(
+        policies.join("details-viewer.yaml"),
+        "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: details-viewer
+  namespace: bookinfo
+spec:
+  selector:
+    matchLabels:
+      app: details
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/factory/sa/plc-gw-1]
+    to:
+    - operation:
+        methods: [GET]
+        paths: [/details/*, /big]
+",
+    )
+    .expect("policy");
     let settings = dir.join("meshgate.yaml");
     std::fs::write(
         &settings,
@@ -862,6 +887,19 @@ async fn edge_node_lifecycle_through_the_tunnel() {
     node.finish(id).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(&format!("URI={NODE_ID}")), "XFCC: {resp}");
+
+    // AuthorizationPolicy applies to the node like to any mesh peer.
+    let id = node.open(DETAILS, 9080).await;
+    assert_eq!(node.next_significant().await, Ev::Accepted { id });
+    node.send_all(
+        id,
+        b"GET /secret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let resp = String::from_utf8(node.read_stream(id).await).expect("utf-8");
+    node.finish(id).await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("RBAC: access denied"), "{resp}");
 
     // A large response arrives in records within the node's cap.
     let id = node.open(DETAILS, 9080).await;
