@@ -602,7 +602,14 @@ impl Tunnel {
                     if !more? {
                         return Ok(());
                     }
-                    let deferred = self.handle_input(&mut io)?;
+                    let deferred = match self.handle_input(&mut io) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // The Error frame explaining why goes out first.
+                            io.close().await;
+                            return Err(e);
+                        }
+                    };
                     for d in deferred {
                         match d {
                             Deferred::Renew(csr) => self.renew(&mut io, csr).await?,
