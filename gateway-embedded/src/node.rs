@@ -386,19 +386,43 @@ async fn run_connection<R: CryptoRngCore, const K: usize>(
                     handle_event(sh, ctx, now, Some(ev));
                 }
                 let out = &mut frames_out[..];
-                if let Some(n) = sh
+                // Session frames first: our hello must precede everything,
+                // including an enrollment request queued as soon as the
+                // gateway's hello arrived.
+                while let Some(n) = sh
                     .tunnel
-                    .poll_renewal(now, sh.state, &mut **rng.borrow_mut(), out)
+                    .poll_transmit(now, &mut out[len..])
                     .map_err(|_| ConnectionError::Protocol)?
                 {
-                    len = n;
-                    log_info!("renewal requested");
+                    len += n;
+                    if out.len() - len < 64 {
+                        more = true;
+                        break;
+                    }
                 }
-                if len == 0 && !sh.outbox.is_empty() {
+                // A renewal request carries a CSR (under 1 KiB).
+                if out.len() - len >= 1024 {
+                    if let Some(n) = sh
+                        .tunnel
+                        .poll_renewal(now, sh.state, &mut **rng.borrow_mut(), &mut out[len..])
+                        .map_err(|_| ConnectionError::Protocol)?
+                    {
+                        len += n;
+                        log_info!("renewal requested");
+                    }
+                } else {
+                    more = true;
+                }
+                if !sh.outbox.is_empty() {
                     let n = sh.outbox.len();
-                    out[..n].copy_from_slice(&sh.outbox);
-                    sh.outbox.clear();
-                    len = n;
+                    match out.get_mut(len..len + n) {
+                        Some(dst) => {
+                            dst.copy_from_slice(&sh.outbox);
+                            sh.outbox.clear();
+                            len += n;
+                        }
+                        None => more = true,
+                    }
                 }
                 {
                     let mut bridge = ctx.bridge.borrow_mut();
@@ -467,8 +491,16 @@ async fn run_connection<R: CryptoRngCore, const K: usize>(
     let result = match select(read_side, write_side).await {
         Either::First(r) | Either::Second(r) => r,
     };
-    let end = shared.borrow().end;
-    result.map(|()| end.unwrap_or(ConnectionEnd::Closed))
+    let (end, closed) = {
+        let sh = shared.borrow();
+        (sh.end, sh.tunnel.is_closed())
+    };
+    match result {
+        // Once the session said or heard goodbye, a TLS or TCP error while
+        // the connection is torn down changes nothing.
+        Err(_) if closed => Ok(end.unwrap_or(ConnectionEnd::Closed)),
+        r => r.map(|()| end.unwrap_or(ConnectionEnd::Closed)),
+    }
 }
 
 fn handle_event<const K: usize>(
