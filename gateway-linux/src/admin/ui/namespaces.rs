@@ -300,8 +300,10 @@ fn parse_mode(s: &str) -> Option<MtlsMode> {
 /// Why a mode switch cannot be written through the API.
 #[derive(Debug, thiserror::Error)]
 enum SwitchError {
-    #[error("unknown mode {0:?} (use STRICT, PERMISSIVE or DISABLE)")]
-    Mode(String),
+    /// The submitted value is not quoted back: it is free text from the
+    /// client, and the three valid values say all there is to say.
+    #[error("unknown mode (use STRICT, PERMISSIVE or DISABLE)")]
+    Mode,
     #[error(
         "the namespace-wide policy {resource} is defined in the policy file {path}; change it there"
     )]
@@ -316,7 +318,7 @@ fn switched_policy(
     ns: &str,
     mode: &str,
 ) -> Result<PeerAuthentication, SwitchError> {
-    let mode = parse_mode(mode).ok_or_else(|| SwitchError::Mode(mode.to_owned()))?;
+    let mode = parse_mode(mode).ok_or(SwitchError::Mode)?;
     match namespace_policy(config, ns) {
         Some(e) => {
             if let Origin::File { path } = &e.origin {
@@ -376,7 +378,7 @@ pub(crate) async fn set_mode(
     let config = state.control.current();
     let pa = match switched_policy(&config, &ns, &req.mode) {
         Ok(pa) => pa,
-        Err(e @ SwitchError::Mode(_)) => {
+        Err(e @ SwitchError::Mode) => {
             return error_response(StatusCode::BAD_REQUEST, &e.to_string());
         }
         Err(e @ SwitchError::InFile { .. }) => {
@@ -537,7 +539,7 @@ fn build_preview(
     now: SystemTime,
 ) -> Result<Preview, (StatusCode, String)> {
     let pa = switched_policy(config, ns, mode).map_err(|e| match e {
-        SwitchError::Mode(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+        SwitchError::Mode => (StatusCode::BAD_REQUEST, e.to_string()),
         SwitchError::InFile { .. } => (StatusCode::CONFLICT, e.to_string()),
     })?;
     let new_set = hypothetical_set(config, &pa).map_err(|e| {
