@@ -41,8 +41,7 @@ use x509_parser::prelude::FromDer;
 
 const NS_ENV: &str = "MESHGATE_E2E_NETNS";
 const TAP: &str = "mge2e0";
-const GATEWAY_IP: &str = "10.97.0.1";
-const NODE_IP: &str = "10.97.0.2";
+const KIND_ENV: &str = "MESHGATE_E2E_KIND";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/meshgate-system/sa/meshgate";
 const NODE_ID: &str = "spiffe://cluster.local/ns/factory/sa/edge-1";
 const TOKEN: &str = "e2e-one-time-token";
@@ -55,10 +54,77 @@ fn sh(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Which node build runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `meshgate-edge-host`, provisioned by flags.
+    Host,
+    /// The thumbv7em image on `qemu-system-arm -M mps2-an386`, provisioned
+    /// through its setup page.
+    Qemu,
+}
+
+impl Kind {
+    /// (gateway, node) addresses; the QEMU image's built-in default node
+    /// address is 10.98.0.2/24.
+    fn net(self) -> ([u8; 4], [u8; 4]) {
+        match self {
+            Kind::Host => ([10, 97, 0, 1], [10, 97, 0, 2]),
+            Kind::Qemu => ([10, 98, 0, 1], [10, 98, 0, 2]),
+        }
+    }
+}
+
+fn ip(a: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
+fn qemu_elf() -> std::path::PathBuf {
+    match std::env::var_os("MESHGATE_QEMU_ELF") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/thumbv7em-none-eabihf/release/qemu-mps2-an386"),
+    }
+}
+
 #[test]
 fn node_enrolls_bridges_both_ways_and_obeys_revocation() {
+    outer(
+        "node_enrolls_bridges_both_ways_and_obeys_revocation",
+        Kind::Host,
+    );
+}
+
+/// The issue's QEMU end-to-end: the real thumbv7em image (built by
+/// `scripts/qemu-smoke` or `cargo build --release` in
+/// boards/qemu-mps2-an386) enrolls through the stand-in gateway and
+/// carries legacy traffic both ways.
+#[test]
+fn qemu_image_enrolls_bridges_both_ways_and_obeys_revocation() {
+    let have_qemu = sh(&["qemu-system-arm", "--version"]);
+    let elf = qemu_elf();
+    if !have_qemu || !elf.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu e2e needs qemu-system-arm and the image at {}",
+            elf.display()
+        );
+        eprintln!(
+            "tunnel_e2e (qemu): SKIP ********** needs qemu-system-arm and {} **********",
+            elf.display()
+        );
+        return;
+    }
+    outer(
+        "qemu_image_enrolls_bridges_both_ways_and_obeys_revocation",
+        Kind::Qemu,
+    );
+}
+
+/// Creates the namespace and TAP, and re-runs `test` inside it.
+fn outer(test: &str, kind: Kind) {
     if std::env::var_os(NS_ENV).is_some() {
-        inner();
+        inner(kind);
         return;
     }
     let root = Command::new("id")
@@ -73,7 +139,8 @@ fn node_enrolls_bridges_both_ways_and_obeys_revocation() {
         eprintln!("tunnel_e2e: SKIP ********** needs root and iproute2 **********");
         return;
     }
-    let ns = format!("mg-e2e-{}", std::process::id());
+    let (gateway, _) = kind.net();
+    let ns = format!("mg-e2e-{}-{}", std::process::id(), kind.net().0[1]);
     assert!(sh(&["ip", "netns", "add", &ns]));
     let ok = sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])
         && sh(&["ip", "-n", &ns, "tuntap", "add", "dev", TAP, "mode", "tap"])
@@ -83,7 +150,7 @@ fn node_enrolls_bridges_both_ways_and_obeys_revocation() {
             &ns,
             "addr",
             "add",
-            &format!("{GATEWAY_IP}/24"),
+            &format!("{}/24", ip(gateway)),
             "dev",
             TAP,
         ])
@@ -92,12 +159,9 @@ fn node_enrolls_bridges_both_ways_and_obeys_revocation() {
         Command::new("ip")
             .args(["netns", "exec", &ns])
             .arg(std::env::current_exe().expect("test binary path"))
-            .args([
-                "--exact",
-                "node_enrolls_bridges_both_ways_and_obeys_revocation",
-                "--nocapture",
-            ])
+            .args(["--exact", test, "--nocapture"])
             .env(NS_ENV, &ns)
+            .env(KIND_ENV, if kind == Kind::Qemu { "qemu" } else { "host" })
             .status()
     });
     sh(&["ip", "netns", "del", &ns]);
@@ -261,6 +325,19 @@ impl Gw {
         }
     }
 
+    /// Completes the TLS handshake (the node may be slow: QEMU).
+    fn handshake(&mut self, secs: u64) {
+        let deadline = StdInstant::now() + Duration::from_secs(secs);
+        while self.tls.conn.is_handshaking() {
+            assert!(StdInstant::now() < deadline, "TLS handshake timed out");
+            match self.tls.conn.complete_io(&mut self.tls.sock) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("TLS handshake with the node failed: {e}"),
+            }
+        }
+    }
+
     fn now(&self) -> Instant {
         Instant::from_millis(self.t0.elapsed().as_millis() as u64)
     }
@@ -388,24 +465,100 @@ impl Drop for NodeProcess {
     }
 }
 
-fn spawn_node(state_dir: &std::path::Path, root_pem: &std::path::Path) -> NodeProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_meshgate-edge-host"))
-        .args([
-            "--tap",
-            TAP,
-            "--ip",
-            &format!("{NODE_IP}/24"),
-            "--state-dir",
-        ])
-        .arg(state_dir)
-        .args(["--seed", "7", "--gateway", &format!("{GATEWAY_IP}:15443")])
-        .args(["--gateway-id", GATEWAY_ID, "--token", TOKEN, "--root"])
-        .arg(root_pem)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
+fn spawn_node(kind: Kind, dir: &std::path::Path, root_pem: &std::path::Path) -> NodeProcess {
+    let (gateway, node) = kind.net();
+    let child = match kind {
+        Kind::Host => Command::new(env!("CARGO_BIN_EXE_meshgate-edge-host"))
+            .args([
+                "--tap",
+                TAP,
+                "--ip",
+                &format!("{}/24", ip(node)),
+                "--state-dir",
+            ])
+            .arg(dir.join("state"))
+            .args([
+                "--seed",
+                "7",
+                "--gateway",
+                &format!("{}:15443", ip(gateway)),
+            ])
+            .args(["--gateway-id", GATEWAY_ID, "--token", TOKEN, "--root"])
+            .arg(root_pem)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn(),
+        Kind::Qemu => Command::new("qemu-system-arm")
+            .args([
+                "-M",
+                "mps2-an386",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-serial",
+                "none",
+            ])
+            .args(["-semihosting-config", "enable=on,target=native"])
+            .args([
+                "-nic",
+                &format!("tap,ifname={TAP},script=no,downscript=no,model=lan9118"),
+            ])
+            .arg("-kernel")
+            .arg(qemu_elf())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("qemu.log")).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn(),
+    }
+    .expect("node starts");
     NodeProcess(child)
+}
+
+/// Fills in the node's first-time setup page over plain HTTP (the QEMU
+/// image is built without provisioning).
+fn setup_over_http(node: [u8; 4], gateway: [u8; 4], root_pem: &str) {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let body = format!(
+        "gateway={}&gateway_id={}&token={}&root={}",
+        enc(&format!("{}:15443", ip(gateway))),
+        enc(GATEWAY_ID),
+        enc(TOKEN),
+        enc(root_pem)
+    );
+    let deadline = StdInstant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        match TcpStream::connect((ip(node).as_str(), 80)) {
+            Ok(c) => break c,
+            Err(_) if StdInstant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("setup page unreachable: {e}"),
+        }
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /setup HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 200") && answer.contains("Saved."),
+        "setup refused: {answer}"
+    );
 }
 
 fn pem(der: &[u8]) -> String {
@@ -429,7 +582,12 @@ fn pem(der: &[u8]) -> String {
     s
 }
 
-fn inner() {
+fn inner(kind: Kind) {
+    let kind = match std::env::var(KIND_ENV).as_deref() {
+        Ok("qemu") => Kind::Qemu,
+        _ => kind,
+    };
+    let (gateway, node_ip) = kind.net();
     let pki = Pki::new();
     let cfg = pki.server_config();
     let dir = std::env::temp_dir().join(format!("mg-e2e-{}", std::process::id()));
@@ -439,7 +597,7 @@ fn inner() {
 
     // The legacy device behind the node: answers "PLC:" + request, then
     // closes.
-    let device = TcpListener::bind((GATEWAY_IP, DEVICE_PORT)).unwrap();
+    let device = TcpListener::bind((ip(gateway).as_str(), DEVICE_PORT)).unwrap();
     let device_thread = std::thread::spawn(move || {
         let (mut s, _) = device.accept().expect("node connects to the device");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -452,8 +610,12 @@ fn inner() {
         buf[..n].to_vec()
     });
 
-    let listener = TcpListener::bind((GATEWAY_IP, 15443)).unwrap();
-    let mut node = spawn_node(&dir.join("state"), &root_pem);
+    let listener = TcpListener::bind((ip(gateway).as_str(), 15443)).unwrap();
+    let mut node = spawn_node(kind, &dir, &root_pem);
+    if kind == Kind::Qemu {
+        setup_over_http(node_ip, gateway, &pem(&pki.ca_der));
+        eprintln!("e2e: QEMU node provisioned through its setup page");
+    }
 
     // 0. A rogue server holding another device's certificate from the
     //    same CA: the node must refuse it and send nothing.
@@ -483,6 +645,7 @@ fn inner() {
 
     // 1. Enrollment: TLS without a client certificate, hello, token + CSR.
     let mut gw = Gw::accept(&listener, &cfg);
+    gw.handshake(30);
     gw.wait_for(20, |e| *e == Ev::Connected);
     assert!(
         !gw.peer_has_cert(),
@@ -508,6 +671,7 @@ fn inner() {
 
     // 2. Operation: mTLS with the issued certificate.
     let mut gw = Gw::accept(&listener, &cfg);
+    gw.handshake(30);
     gw.wait_for(20, |e| *e == Ev::Connected);
     assert_eq!(
         gw.peer_uri().as_deref(),
@@ -530,7 +694,7 @@ fn inner() {
                 port: 502,
             },
             device: DeviceAddr {
-                ip: DeviceIp::V4([10, 97, 0, 1]),
+                ip: DeviceIp::V4(gateway),
                 port: DEVICE_PORT,
             },
         }])
@@ -573,8 +737,8 @@ fn inner() {
     eprintln!("e2e: mesh client reached the device behind the node");
 
     // 4. Legacy client -> mesh: a plaintext client on the node's port 8080.
-    let client = std::thread::spawn(|| {
-        let mut c = TcpStream::connect((NODE_IP, 8080)).expect("node listens on 8080");
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect((ip(node_ip).as_str(), 8080)).expect("node listens on 8080");
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(b"GET /details/0 HTTP/1.0\r\n\r\n").unwrap();
         c.shutdown(Shutdown::Write).unwrap();
@@ -639,17 +803,34 @@ fn inner() {
     gw.send(&buf[..n]);
     let _ = gw.tls.flush();
     let deadline = StdInstant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = node.0.try_wait().unwrap() {
-            break status.code();
+    match kind {
+        Kind::Host => {
+            let code = loop {
+                if let Some(status) = node.0.try_wait().unwrap() {
+                    break status.code();
+                }
+                assert!(
+                    StdInstant::now() < deadline,
+                    "node still running after revocation"
+                );
+                gw.pump();
+            };
+            assert_eq!(code, Some(3), "the node exits as revoked");
         }
-        assert!(
-            StdInstant::now() < deadline,
-            "node still running after revocation"
-        );
-        gw.pump();
-    };
-    assert_eq!(code, Some(3), "the node exits as revoked");
+        Kind::Qemu => loop {
+            // The image stays up (it has nowhere to exit to) but says so.
+            let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+            if log.contains("node revoked: forwarding stopped") {
+                eprintln!("---- QEMU boot log ----\n{log}-----------------------");
+                break;
+            }
+            assert!(
+                StdInstant::now() < deadline,
+                "QEMU node did not stop: {log}"
+            );
+            gw.pump();
+        },
+    }
     listener.set_nonblocking(true).unwrap();
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock),
