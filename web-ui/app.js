@@ -491,17 +491,106 @@ function viewTraffic() {
 }
 
 // ---------- edge nodes ----------
+function edgeUnavailable() {
+  return h("div", { class: "panel notice", id: "edge-unavailable" },
+    h("h2", {}, "Not available in this build"),
+    h("p", {}, "This gateway runs without the edge-node server (its tunnel listener could not start, or the build does not include it), so edge nodes cannot be enrolled here. Nothing here is simulated."),
+    h("p", { class: "hint" }, "A legacy Linux host can still be brought into the mesh with a certificate: ", h("code", {}, "meshgate cert issue --spiffe-id spiffe://cluster.local/ns/NS/sa/SA --out DIR"), "."));
+}
+function nodeState(n) {
+  if (n.state === "revoked") return badge("revoked", "bad");
+  if (n.state === "pending") return badge("waiting for enrollment", "warn");
+  return n.connected ? badge("connected", "ok") : badge("offline", "plain");
+}
 function viewEdge() {
   return guarded("Edge nodes", "edge nodes", async () => {
-    const doc = await api("GET", "/api/v1/openapi.json");
-    const edgePaths = Object.keys(doc.paths).filter((p) => p.startsWith("/api/v1/edge") || p.includes("enroll"));
+    let list;
+    try { list = await api("GET", "/api/v1/edge/nodes"); } catch (e) {
+      if (e.status === 404) { setView("Edge nodes", h("div", { class: "page-head" }, h("h1", {}, "Edge nodes")), edgeUnavailable()); return; }
+      throw e;
+    }
+    const ns = h("input", { type: "text", id: "edge-ns", required: true, value: "bookinfo", autocomplete: "off" });
+    const name = h("input", { type: "text", id: "edge-name", required: true, placeholder: "plc-1", autocomplete: "off", "aria-describedby": "edge-name-hint" });
+    const ttl = h("select", { id: "edge-ttl" },
+      h("option", { value: "3600" }, "1 hour"), h("option", { value: "86400", selected: true }, "24 hours"), h("option", { value: "604800" }, "7 days"));
+    const lport = h("input", { type: "text", id: "edge-lport", inputmode: "numeric", placeholder: "8080", autocomplete: "off" });
+    const host = h("input", { type: "text", id: "edge-host", placeholder: "details.bookinfo.svc.cluster.local", autocomplete: "off" });
+    const sport = h("input", { type: "text", id: "edge-port", inputmode: "numeric", placeholder: "9080", autocomplete: "off" });
+    const formErr = h("p", { class: "form-error", role: "alert" });
+    const result = h("div", { "aria-live": "polite" });
+    const submit = h("button", { type: "submit", class: "primary" }, "Create token");
+    const form = h("form", { class: "panel", "aria-labelledby": "new-h", onsubmit: async (ev) => {
+      ev.preventDefault();
+      formErr.textContent = "";
+      const body = { namespace: ns.value.trim(), name: name.value.trim(), ttlSeconds: Number(ttl.value) };
+      if (lport.value || host.value || sport.value) {
+        const rule = { listenPort: Number(lport.value), host: host.value.trim(), port: Number(sport.value) };
+        if (!rule.listenPort || !rule.host || !rule.port) { formErr.textContent = "A forwarding rule needs a local port, a service host and a service port."; return; }
+        body.listeners = [rule];
+      }
+      submit.disabled = true;
+      try {
+        const r = await api("POST", "/api/v1/edge/nodes", body);
+        const tokenField = h("input", { type: "text", id: "edge-token", readonly: true, value: r.token, class: "mono", "aria-describedby": "edge-token-hint" });
+        const copy = h("button", { type: "button" }, "Copy");
+        copy.addEventListener("click", async () => {
+          tokenField.select();
+          try { await navigator.clipboard.writeText(r.token); toast("Token copied."); } catch (_) { toast("Copy failed: select the token and copy it by hand."); }
+        });
+        result.replaceChildren(h("div", { class: "panel notice" },
+          h("h3", {}, `Enrollment token for ${r.node.namespace}/${r.node.name}`),
+          h("label", { for: "edge-token" }, "One-time token"),
+          h("div", { class: "token-box" }, tokenField, copy),
+          h("p", { class: "hint", id: "edge-token-hint" }, `Shown only now. Give it to the node with its tunnel address ${r.tunnelAddress}; it expires ${until(r.node.tokenExpiresAt)}.`)));
+        tokenField.focus();
+        tokenField.select();
+        refresh();
+      } catch (e) {
+        if (e.status !== 401) formErr.textContent = e.message;
+      } finally { submit.disabled = false; }
+    } },
+    h("h2", { id: "new-h" }, "Enroll a node"),
+    h("div", { class: "grid" },
+      h("div", { class: "field" }, h("label", { for: "edge-ns" }, "Namespace"), ns),
+      h("div", { class: "field" }, h("label", { for: "edge-name" }, "Node name"), name, h("p", { class: "hint", id: "edge-name-hint" }, "Its identity will be spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/NAME.")),
+      h("div", { class: "field" }, h("label", { for: "edge-ttl" }, "Token valid for"), ttl)),
+    h("fieldset", { class: "plain-fieldset" }, h("legend", {}, "Forwarding rule (optional): legacy clients connecting to the node's local port reach a mesh service"),
+      h("div", { class: "grid" },
+        h("div", { class: "field" }, h("label", { for: "edge-lport" }, "Node port"), lport),
+        h("div", { class: "field" }, h("label", { for: "edge-host" }, "Service host"), host),
+        h("div", { class: "field" }, h("label", { for: "edge-port" }, "Service port"), sport))),
+    formErr, h("div", { class: "actions" }, submit), result);
+    const tableHolder = h("div", {});
+    const renderNodes = (nodes) => {
+      const rows = nodes.map((n) => h("tr", { class: "node" },
+        h("td", {}, h("strong", {}, n.name), h("div", { class: "muted" }, n.namespace)),
+        h("td", {}, nodeState(n), n.live ? h("div", { class: "muted" }, `${n.live.remote}, seen ${ago(n.live.lastSeen)}`) : null),
+        h("td", {}, n.certNotAfter ? [expiryBadge(n.certNotAfter, 3600), " ", until(n.certNotAfter)] : n.tokenExpiresAt ? `token expires ${until(n.tokenExpiresAt)}` : "–"),
+        h("td", { class: "mono hide-narrow" }, n.listeners.map((l) => `:${l.listenPort} → ${l.host}:${l.port}`).join(", ") || "–"),
+        h("td", {}, n.state === "revoked" ? h("span", { class: "muted" }, n.revokedReason || "revoked") :
+          h("button", { type: "button", class: "ghost", "aria-label": `Revoke ${n.name}`, onclick: (ev) => confirmRevokeNode(n, ev.currentTarget, refresh) }, "Revoke"))));
+      tableHolder.replaceChildren(table(["Node", "Status", "Certificate", { label: "Forwarding", cls: "hide-narrow" }, "Actions"], rows, "No edge nodes yet."));
+    };
+    async function refresh() {
+      try { renderNodes((await api("GET", "/api/v1/edge/nodes")).nodes); } catch (e) { if (e.status !== 401) tableHolder.replaceChildren(errorPanel(e, refresh)); }
+    }
+    renderNodes(list.nodes);
     setView("Edge nodes",
-      h("div", { class: "page-head" }, h("h1", {}, "Edge nodes")),
-      h("div", { class: "panel notice", id: "edge-unavailable" },
-        h("h2", {}, edgePaths.length ? "Edge-node endpoints found, but this UI does not know them yet" : "Not available in this build"),
-        h("p", {}, "Enrolling microcontroller edge nodes (one-time tokens, node status, certificate expiry, revocation) needs the gateway side of the edge-node protocol, which this gateway build does not include. Nothing here is simulated."),
-        h("p", { class: "hint" }, "Meanwhile a legacy Linux host can be brought into the mesh with a certificate: ", h("code", {}, "meshgate cert issue --spiffe-id spiffe://cluster.local/ns/NS/sa/SA --out DIR"), ".")));
+      h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Edge nodes"), h("p", { class: "muted" }, `Nodes connect to the tunnel at ${list.tunnel_address}`))),
+      form,
+      h("section", { class: "panel", "aria-labelledby": "nodes-h" }, h("h2", { id: "nodes-h" }, "Nodes"), tableHolder));
   });
+}
+function confirmRevokeNode(n, opener, done) {
+  const reason = h("input", { type: "text", id: "node-reason", value: "revoked from the admin UI" });
+  openDialog(`Revoke edge node ${n.name}?`, [
+    h("p", {}, `Its certificate is revoked at the CA, its tunnel closes and it can no longer reconnect as ${n.spiffeId}.`),
+    h("div", { class: "field" }, h("label", { for: "node-reason" }, "Reason"), reason)],
+  "Revoke", async () => {
+    await api("POST", `/api/v1/edge/nodes/${encodeURIComponent(n.name)}/revoke`, { reason: reason.value });
+    toast(`${n.name} revoked.`);
+    done();
+  }, opener);
 }
 
 // ---------- certificates ----------

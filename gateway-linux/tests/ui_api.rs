@@ -32,6 +32,10 @@ const KNOWN: &[(&str, &str)] = &[
     ("POST", "/api/v1/certificates"),
     ("POST", "/api/v1/revocations"),
     ("POST", "/api/v1/identity/rotate"),
+    ("GET", "/api/v1/edge/nodes"),
+    ("POST", "/api/v1/edge/nodes"),
+    ("PUT", "/api/v1/edge/nodes/default/listeners"),
+    ("POST", "/api/v1/edge/nodes/default/revoke"),
     ("GET", "/api/v1/openapi.json"),
 ];
 

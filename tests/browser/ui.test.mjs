@@ -82,7 +82,7 @@ services:
     serviceAccount: bookinfo-details
 `);
 const gw = spawn(BIN, ["serve", "--config", join(work, "meshgate.yaml"), "--data-dir", join(work, "data"),
-  "--admin-addr", "127.0.0.1:0", "--listen", "http=127.0.0.1:0"],
+  "--admin-addr", "127.0.0.1:0", "--listen", "http=127.0.0.1:0", "--edge-addr", "127.0.0.1:0"],
 { env: { ...process.env, MESHGATE_ACCESS_LOG: "off", RUST_LOG: "info" }, stdio: ["ignore", "pipe", "pipe"] });
 cleanups.push(() => gw.kill("SIGKILL"));
 let out = "";
@@ -260,10 +260,30 @@ await step("the traffic view shows the refused plaintext request and the mTLS pe
   await shot("traffic");
 });
 
-await step("edge nodes: a clear 'not available in this build' state, no fake data", async () => {
+await step("edge nodes: create an enrollment token and copy it; the node waits for enrollment; revoke", async () => {
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: admin });
   await page.getByRole("link", { name: "Edge nodes" }).click();
-  await page.getByRole("heading", { name: "Not available in this build" }).waitFor(T);
+  await page.getByRole("heading", { name: "Enroll a node" }).waitFor(T);
+  await page.getByLabel("Node name").fill("plc-1");
+  await page.getByLabel("Node port").fill("8080");
+  await page.getByLabel("Service host").fill(HOST);
+  await page.getByLabel("Service port").fill("9080");
+  await page.getByRole("button", { name: "Create token" }).click();
+  const tokenField = page.getByLabel("One-time token");
+  await tokenField.waitFor(T);
+  const enrollment = await tokenField.inputValue();
+  assert.ok(enrollment.length >= 20, `token ${enrollment}`);
+  await page.getByRole("button", { name: "Copy", exact: true }).click();
+  await page.getByText("Token copied.").waitFor(T);
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), enrollment);
+  const row = page.locator("tr.node").filter({ hasText: "plc-1" });
+  await row.getByText("waiting for enrollment").waitFor(T);
+  await assertText(row, new RegExp(`:8080 → ${HOST.replaceAll(".", "\\.")}:9080`));
   await shot("edge");
+  await row.getByRole("button", { name: "Revoke plc-1" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Revoke" }).click();
+  await row.getByText("revoked from the admin UI").waitFor(T);
+  await shot("edge-revoked");
 });
 
 await step("invalid YAML shows its error at the line", async () => {

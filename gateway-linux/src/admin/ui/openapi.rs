@@ -119,6 +119,13 @@ pub(crate) fn document() -> Value {
                 "get": op("revocations in force", vec![], None, json_response("revocations")),
                 "post": op("revoke a SPIFFE ID or one serial: new handshakes refused, open connections closed", vec![], Some(("application/json", "{\"spiffe_id\": ...} or {\"serial\": hex}, and \"reason\"")), json_response("the revocation"))
             },
+            "/api/v1/edge/nodes": {
+                "get": op("edge nodes: state, certificate expiry, live tunnel status (404 when the edge server is not running)", vec![], None, json_response("nodes and tunnel_address")),
+                "post": op("create an edge node and its one-time enrollment token (shown only in this answer)", vec![], Some(("application/json", "{namespace, name, ttlSeconds?, listeners?: [{listenPort, host, port}]}")), json!({"description": "201: node, token, tunnelAddress"}))
+            },
+            "/api/v1/edge/nodes/{name}": {"get": op("one edge node", vec![path_param("name", "node name")], None, json_response("the node"))},
+            "/api/v1/edge/nodes/{name}/listeners": {"put": op("replace the node's forwarding rules (pushed at once when connected)", vec![path_param("name", "node name")], Some(("application/json", "{listeners: [{listenPort, host, port}]}")), json_response("the node"))},
+            "/api/v1/edge/nodes/{name}/revoke": {"post": op("revoke the node: certificate revoked, tunnel closed, reconnects refused", vec![path_param("name", "node name")], Some(("application/json", "{reason?}")), json_response("the node"))},
             "/api/v1/identity/rotate": {"post": op("re-issue the gateway's own certificate now", vec![], None, json_response("accepted"))}
         }
     })
