@@ -715,3 +715,52 @@ pub(crate) async fn preview(
         Err((status, message)) => error_response(status, &message),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_cuts_off_plaintext_and_certless_tls_but_not_mtls() {
+        use EffectiveMode::{Disable, Permissive, Strict};
+        assert_eq!(
+            refusal("plaintext", Permissive, Strict),
+            Some("plaintext_under_strict")
+        );
+        assert_eq!(
+            refusal("tls", Permissive, Strict),
+            Some("certificate_required")
+        );
+        assert_eq!(refusal("mtls", Permissive, Strict), None);
+        assert_eq!(refusal("plaintext", Strict, Permissive), None);
+        assert_eq!(
+            refusal("mtls", Permissive, Disable),
+            Some("tls_not_terminated_under_disable")
+        );
+        assert_eq!(refusal("plaintext", Permissive, Disable), None);
+    }
+
+    #[test]
+    fn client_addresses_come_from_access_log_sources() {
+        assert_eq!(
+            source_ip("127.0.0.1:40000"),
+            Some(IpAddr::from([127, 0, 0, 1]))
+        );
+        assert_eq!(
+            source_ip("[::1]:40000"),
+            Some(IpAddr::from(core::net::Ipv6Addr::LOCALHOST))
+        );
+        assert_eq!(source_ip("-"), None);
+    }
+
+    #[test]
+    fn namespace_names_are_dns_labels() {
+        assert!(is_dns_label("bookinfo"));
+        assert!(is_dns_label("a-1"));
+        assert!(!is_dns_label("Bookinfo"));
+        assert!(!is_dns_label("-x"));
+        assert!(!is_dns_label("a/b"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+}
