@@ -12,6 +12,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use meshgate_bench::certs::{BenchPki, PkiFiles};
 use meshgate_bench::loadgen::{self, Endpoint, TlsClient};
+use meshgate_bench::procfs;
 use meshgate_bench::report::{self, Machine};
 use meshgate_bench::runner::{self, Plan, TargetRound};
 use meshgate_bench::targets::{self, Env, Kind, SERVICE_HOST, Server};
@@ -312,6 +313,7 @@ fn machine(cli: &Cli, plan: &Plan, meshgate_bin: &Path) -> Machine {
         date,
         load_before: load_average(),
         load_after: String::new(),
+        others_cpu: None,
         versions,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     }
@@ -340,6 +342,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
     let files = pki.write_files(&dir)?;
     let config = loadgen::client_config(&pki)?;
 
+    // What the rest of the machine does meanwhile: all busy CPU minus
+    // this process and the servers it starts (waited-for children).
+    let busy_before = procfs::system_busy_seconds().ok();
+    let own_before = procfs::own_cpu_seconds_with_children().ok();
+    let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -361,6 +368,17 @@ fn run(cli: Cli) -> Result<(), MainError> {
         }
     };
     machine.load_after = load_average();
+    if let (Some(b0), Some(o0), Ok(b1), Ok(o1)) = (
+        busy_before,
+        own_before,
+        procfs::system_busy_seconds(),
+        procfs::own_cpu_seconds_with_children(),
+    ) {
+        machine.others_cpu = Some((
+            ((b1 - b0) - (o1 - o0)).max(0.0),
+            started.elapsed().as_secs_f64(),
+        ));
+    }
 
     fs::create_dir_all(&cli.out).map_err(io(format!("create {}", cli.out.display())))?;
     let md = cli.out.join("benchmarks.md");
@@ -374,6 +392,9 @@ fn run(cli: Cli) -> Result<(), MainError> {
         "load average before {}, after {}",
         machine.load_before, machine.load_after
     );
+    if let Some((cpu, wall)) = machine.others_cpu {
+        println!("other processes used {cpu:.1} CPU-s during the {wall:.0} s run");
+    }
     if plan.kinds.contains(&Kind::Meshgate) && plan.kinds.contains(&Kind::Nginx) {
         let m = report::summarize(&plan, &results, Kind::Meshgate);
         let n = report::summarize(&plan, &results, Kind::Nginx);

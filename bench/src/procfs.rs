@@ -43,6 +43,8 @@ pub struct StatLine {
     pub utime: u64,
     /// Kernel-mode ticks, all threads.
     pub stime: u64,
+    /// Ticks of waited-for children (user + kernel).
+    pub children: u64,
 }
 
 /// Parses the content of `/proc/<pid>/stat`. The command name (field 2)
@@ -51,12 +53,49 @@ pub struct StatLine {
 pub fn parse_stat(text: &str) -> Option<StatLine> {
     let after = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_ascii_whitespace().collect();
-    // fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    // fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15,
+    // cutime 16, cstime 17.
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
     Some(StatLine {
         ppid: fields.get(1)?.parse().ok()?,
         utime: fields.get(11)?.parse().ok()?,
         stime: fields.get(12)?.parse().ok()?,
+        children: cutime + cstime,
     })
+}
+
+/// Busy ticks of the whole machine from the `cpu` line of `/proc/stat`:
+/// user + nice + system + irq + softirq + steal (guest time is already
+/// part of user).
+pub fn parse_system_busy(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?)
+}
+
+/// CPU seconds the whole machine has been busy since boot.
+pub fn system_busy_seconds() -> Result<f64, ProcError> {
+    let path = PathBuf::from("/proc/stat");
+    let text = read(path.clone())?;
+    let ticks = parse_system_busy(&text).ok_or(ProcError::Format {
+        path,
+        what: "cpu line",
+    })?;
+    Ok(ticks as f64 / ticks_per_second())
+}
+
+/// CPU seconds of this process plus its waited-for children (the servers
+/// it started and stopped): subtracted from [`system_busy_seconds`], what
+/// *other* processes took from the machine during a run.
+pub fn own_cpu_seconds_with_children() -> Result<f64, ProcError> {
+    let s = stat(std::process::id())?;
+    Ok((s.utime + s.stime + s.children) as f64 / ticks_per_second())
 }
 
 /// Parses `VmRSS:` (kB) out of `/proc/<pid>/status`, in bytes. A kernel
@@ -183,11 +222,20 @@ mod tests {
             Some(StatLine {
                 ppid: 17,
                 utime: 250,
-                stime: 75
+                stime: 75,
+                children: 0,
             })
         );
         assert_eq!(parse_stat("4242 (truncated) S 1 2"), None);
         assert_eq!(parse_stat("no parenthesis"), None);
+    }
+
+    #[test]
+    fn system_busy() {
+        let stat = "cpu  100 5 50 9000 40 3 2 1 0 0\ncpu0 50 2 25 4500 20 1 1 0 0 0\n";
+        assert_eq!(parse_system_busy(stat), Some(100 + 5 + 50 + 3 + 2 + 1));
+        assert_eq!(parse_system_busy("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_system_busy("cpu  1 2 x 4 5 6 7 8\n"), None);
     }
 
     #[test]

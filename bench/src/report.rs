@@ -24,6 +24,10 @@ pub struct Machine {
     pub load_before: String,
     /// /proc/loadavg after the run.
     pub load_after: String,
+    /// CPU seconds other processes used while the run went on, and the
+    /// run's wall-clock seconds (from /proc/stat minus this process and
+    /// its children).
+    pub others_cpu: Option<(f64, f64)>,
     /// `(component, version)` pairs.
     pub versions: Vec<(String, String)>,
     /// The command line that produced the report.
@@ -234,8 +238,35 @@ pub fn goals(plan: &Plan, mesh: &Summary, nginx: &Summary) -> Vec<Goal> {
 }
 
 /// A 1-minute load average at or above this at the start marks the run
-/// as taken on a busy machine.
+/// as taken on a busy machine, when the CPU used by others is unknown.
 const BUSY_LOAD: f64 = 1.5;
+
+/// Other processes using at least this share of the machine's CPU during
+/// the run mark it as taken on a busy machine. The load average is not
+/// used when this is known: it counts the benchmark itself and whatever
+/// ran just before (such as `bench/run`'s own build).
+const BUSY_SHARE: f64 = 0.10;
+
+fn others_share(cpu: f64, wall: f64, nproc: usize) -> f64 {
+    if wall > 0.0 && nproc > 0 {
+        cpu / (wall * nproc as f64)
+    } else {
+        0.0
+    }
+}
+
+/// Whether the run's figures are marked as taken on a busy machine.
+fn busy(machine: &Machine) -> bool {
+    match machine.others_cpu {
+        Some((cpu, wall)) => others_share(cpu, wall, machine.nproc) >= BUSY_SHARE,
+        None => machine
+            .load_before
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l >= BUSY_LOAD),
+    }
+}
 
 /// The markdown report.
 pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> String {
@@ -263,12 +294,23 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
         .split_whitespace()
         .next()
         .and_then(|l| l.parse::<f64>().ok());
-    if let Some(l) = load1.filter(|l| *l >= BUSY_LOAD) {
-        caveats.push(format!(
-            "the machine was busy (1-minute load average {l:.2} at the start, {} at the end, on \
-             {} CPU(s)): other work competed with the servers, so even the ratios are unreliable",
-            machine.load_after, machine.nproc
-        ));
+    match (machine.others_cpu, load1) {
+        (Some((cpu, wall)), _) if others_share(cpu, wall, machine.nproc) >= BUSY_SHARE => {
+            caveats.push(format!(
+                "other processes used {cpu:.0} CPU-s during the {wall:.0} s run ({:.0} % of the \
+                 machine's {} CPU(s)) and competed with the servers, so even the ratios are \
+                 unreliable",
+                100.0 * others_share(cpu, wall, machine.nproc),
+                machine.nproc
+            ));
+        }
+        (None, Some(l)) if l >= BUSY_LOAD => {
+            caveats.push(format!(
+                "the machine was busy (1-minute load average {l:.2} at the start on {} CPU(s))",
+                machine.nproc
+            ));
+        }
+        _ => {}
     }
     if plan.rounds < 3 {
         caveats.push(format!(
@@ -318,6 +360,13 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
         "| load average (1/5/15 min) | before {}, after {} |",
         machine.load_before, machine.load_after
     );
+    if let Some((cpu, wall)) = machine.others_cpu {
+        let _ = writeln!(
+            s,
+            "| CPU used by other processes during the run | {cpu:.1} CPU-s in {wall:.0} s ({:.1} % of the machine) |",
+            100.0 * others_share(cpu, wall, machine.nproc)
+        );
+    }
     for (what, v) in &machine.versions {
         let _ = writeln!(s, "| {what} | {v} |");
     }
@@ -820,13 +869,7 @@ pub fn svg(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> String {
         machine.nproc,
         esc(&machine.cpu_model),
         esc(&machine.load_before),
-        if machine
-            .load_before
-            .split_whitespace()
-            .next()
-            .and_then(|l| l.parse::<f64>().ok())
-            .is_some_and(|l| l >= BUSY_LOAD)
-        {
+        if busy(machine) {
             " (busy machine: regenerate)"
         } else {
             ""

@@ -242,6 +242,25 @@ fn proc_reads_this_process() {
         c1 - c0
     );
 
+    // A waited-for child's CPU counts as this process's (the servers a
+    // run stops), and the machine-wide busy time covers it too.
+    let own0 = procfs::own_cpu_seconds_with_children().expect("own");
+    let sys0 = procfs::system_busy_seconds().expect("system");
+    let status = std::process::Command::new("sh")
+        .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+        .status()
+        .expect("run sh");
+    assert!(status.success());
+    let own1 = procfs::own_cpu_seconds_with_children().expect("own");
+    let sys1 = procfs::system_busy_seconds().expect("system");
+    assert!(own1 - own0 >= 0.05, "children cpu {}", own1 - own0);
+    assert!(
+        sys1 - sys0 >= own1 - own0 - 0.05,
+        "system {} own {}",
+        sys1 - sys0,
+        own1 - own0
+    );
+
     // Children are part of the tree.
     let mut child = std::process::Command::new("sleep")
         .arg("5")
