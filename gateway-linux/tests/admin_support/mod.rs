@@ -56,8 +56,15 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(c) = opts.config {
-            cmd.arg("--config").arg(c);
+        match opts.config {
+            Some(c) => {
+                cmd.arg("--config").arg(c);
+            }
+            // The embedded default binds 127.0.0.1:9080; tests run in
+            // parallel, so move its one listener to a free port.
+            None => {
+                cmd.arg("--listen").arg("http=127.0.0.1:0");
+            }
         }
         cmd.args(&opts.extra);
         let mut child = cmd.spawn().expect("spawn meshgate serve");
