@@ -200,6 +200,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MESHGATE_CACERTS_DIR", value_name = "DIR")]
     pub(crate) cacerts: Option<PathBuf>,
 
+    /// Kubernetes mode: policies (PeerAuthentication, AuthorizationPolicy)
+    /// from the API server (in-cluster service account or kubeconfig),
+    /// state in the meshgate-state Secret, singleton work under the
+    /// meshgate-leader Lease (see deploy/kubernetes-mode).
+    #[arg(long, env = "MESHGATE_KUBERNETES")]
+    pub(crate) kubernetes: bool,
+
     /// How long in-flight requests may run after SIGTERM before the gateway
     /// exits anyway, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]

@@ -130,6 +130,12 @@ pub(crate) enum ServeError {
     /// The edge tunnel server could not start.
     #[error(transparent)]
     Edge(#[from] crate::edge::EdgeError),
+    /// Kubernetes mode could not start.
+    #[error("Kubernetes mode: {0}")]
+    Kube(meshgate_kube::KubeError),
+    /// The shared CA could not be opened in Kubernetes mode.
+    #[error("Kubernetes mode CA: {0}")]
+    SharedCa(meshgate_kube::SharedCaError),
     /// Installing a signal handler failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -322,11 +328,31 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         path: data_dir.clone(),
         source,
     })?;
-    let (store, report) = FileStore::open(&data_dir)?;
-    for f in &report.removed_temp_files {
-        tracing::info!(file = %f.display(), "removed an interrupted write's temporary file");
-    }
-    let store: Arc<dyn Store> = Arc::new(store);
+    // Kubernetes mode keeps the state in Secrets, shared by the replicas;
+    // the data directory then only holds this replica's admin token.
+    let kube = if args.kubernetes {
+        let options = meshgate_kube::KubeOptions::from_env(
+            &settings.trust_domain.to_string(),
+            &settings.root_namespace,
+        );
+        Some(
+            meshgate_kube::KubeMode::connect(options)
+                .await
+                .map_err(ServeError::Kube)?,
+        )
+    } else {
+        None
+    };
+    let store: Arc<dyn Store> = match &kube {
+        Some(k) => k.state_store().map_err(ServeError::Kube)?,
+        None => {
+            let (store, report) = FileStore::open(&data_dir)?;
+            for f in &report.removed_temp_files {
+                tracing::info!(file = %f.display(), "removed an interrupted write's temporary file");
+            }
+            Arc::new(store)
+        }
+    };
     let (auth, new_token) = AdminAuth::load_or_create(&data_dir)?;
 
     let control = Arc::new(ControlPlane::load(
@@ -361,13 +387,22 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
         None => settings.identity.cert_ttl,
     };
-    let ca = Arc::new(CertificateAuthority::open(
-        store.clone(),
-        ca_config,
-        &ca_source,
-        crate::identity::now(),
-        "meshgate",
-    )?);
+    // In Kubernetes mode only the Lease holder creates a new CA; the other
+    // replicas wait for it in the Secret, so all share one trust bundle.
+    let mut elector = kube.as_ref().map(|k| k.leader_elector());
+    let ca = Arc::new(match (&kube, elector.as_mut()) {
+        (Some(k), Some(e)) => k
+            .open_ca(store.clone(), ca_config, ca_source, e)
+            .await
+            .map_err(ServeError::SharedCa)?,
+        _ => CertificateAuthority::open(
+            store.clone(),
+            ca_config,
+            &ca_source,
+            crate::identity::now(),
+            "meshgate",
+        )?,
+    });
     let revocations: Arc<dyn dataplane::RevocationCheck> = Arc::new(CaRevocations(ca.clone()));
     let sink = Arc::new(DataPlaneIdentity::new(revocations.clone()));
     let (identity_manager, identity) = IdentityManager::start(
@@ -391,6 +426,31 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         services: settings.services.clone(),
         snapshot: snapshot.clone(),
     }))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Kubernetes mode: the cluster's policies are in force before anything
+    // is served (spawn_controller returns after the first one applied).
+    let mut leader: Option<watch::Receiver<bool>> = None;
+    let mut kube_tasks = Vec::new();
+    if let (Some(k), Some(e)) = (kube, elector) {
+        leader = Some(e.subscribe());
+        kube_tasks.push(tokio::spawn(e.run(stop_rx.clone())));
+        let c = control.clone();
+        let apply = move |u: meshgate_kube::PolicyUpdate| {
+            let c = c.clone();
+            async move {
+                c.replace_kubernetes_policies(u.policies)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        kube_tasks.push(
+            k.spawn_controller(apply, stop_rx.clone(), core::time::Duration::from_secs(30))
+                .await
+                .map_err(ServeError::Kube)?,
+        );
+        println!("meshgate: Kubernetes mode, policies from the API server");
+    }
     let dp = dataplane::DataPlane::new(
         snapshot,
         dp_identity,
@@ -420,7 +480,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     control.set_listeners(bound.clone());
     dp.set_revocation_check(revocations);
     control.set_data_plane(dp.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let edge = crate::edge::start(
         crate::edge::EdgeOptions::new(args.edge_addr),
         store.clone(),
@@ -472,7 +531,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(ROOT_CHECK_INTERVAL) => {
-                        if admin::ca_api::drop_retired_roots(&ca) {
+                        // Singleton work: only the Lease holder in Kubernetes mode.
+                        let lead = leader.as_ref().is_none_or(|l| *l.borrow());
+                        if lead && admin::ca_api::drop_retired_roots(&ca) {
                             identity.renew_now();
                         }
                     }
@@ -554,7 +615,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
             identity_task,
             reload_task,
             roots_task,
-            sweep_task
+            sweep_task,
+            futures_util::future::join_all(kube_tasks)
         );
         open
     };

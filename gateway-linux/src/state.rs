@@ -235,6 +235,17 @@ struct Sources {
     first_seen: HashMap<PolicyKey, UnixTime>,
     /// Policies applied through the API, as persisted.
     api_policies: Vec<Policy>,
+    /// Kubernetes mode: the policies read from the API server.
+    kube_policies: Vec<PolicyEntry>,
+}
+
+impl Sources {
+    /// Policies the admin API cannot change: files and the cluster's.
+    fn read_only(&self) -> Vec<PolicyEntry> {
+        let mut v = self.file_policies.clone();
+        v.extend(self.kube_policies.iter().cloned());
+        v
+    }
 }
 
 /// Counters for `/metrics`.
@@ -294,6 +305,7 @@ impl ControlPlane {
             stamps: Vec::new(),
             first_seen: HashMap::new(),
             api_policies,
+            kube_policies: Vec::new(),
         };
         let (files, stamps) = load_files(&mut sources, now)?;
         sources.file_policies = files;
@@ -401,7 +413,7 @@ impl ControlPlane {
             let mut changes = Vec::new();
             for mut p in submitted {
                 let k = key_of(&p);
-                if let Some(path) = file_origin(&sources.file_policies, &k) {
+                if let Some(path) = file_origin(&sources.read_only(), &k) {
                     return Err(ChangeError::DefinedInFile {
                         resource: resource_ref(&k),
                         path,
@@ -431,7 +443,7 @@ impl ControlPlane {
             }
             let new_api: Vec<Policy> = api.into_values().collect();
             let note = summarize(&changes);
-            let generation = self.commit(&sources.file_policies, &new_api, || {
+            let generation = self.commit(&sources.read_only(), &new_api, || {
                 persist_api_policies(&*self.store, &new_api, actor, &note)
             })?;
             Ok((generation, changes, new_api))
@@ -479,7 +491,7 @@ impl ControlPlane {
                 .collect();
             let mut changes = Vec::new();
             for k in keys {
-                if let Some(path) = file_origin(&sources.file_policies, &k) {
+                if let Some(path) = file_origin(&sources.read_only(), &k) {
                     return Err(ChangeError::DefinedInFile {
                         resource: resource_ref(&k),
                         path,
@@ -495,7 +507,7 @@ impl ControlPlane {
             }
             let new_api: Vec<Policy> = api.into_values().collect();
             let note = summarize(&changes);
-            let generation = self.commit(&sources.file_policies, &new_api, || {
+            let generation = self.commit(&sources.read_only(), &new_api, || {
                 persist_api_policies(&*self.store, &new_api, actor, &note)
             })?;
             Ok((generation, changes, new_api))
@@ -526,7 +538,9 @@ impl ControlPlane {
         }
         let now = now_secs();
         let result = load_files(&mut sources, now).and_then(|(files, stamps)| {
-            let g = self.commit(&files, &sources.api_policies, || Ok(()))?;
+            let mut all = files.clone();
+            all.extend(sources.kube_policies.iter().cloned());
+            let g = self.commit(&all, &sources.api_policies, || Ok(()))?;
             Ok((g, files, stamps))
         });
         match result {
@@ -544,6 +558,38 @@ impl ControlPlane {
                 Err(e)
             }
         }
+    }
+
+    /// Kubernetes mode: replaces every policy read from the API server, as
+    /// one change. They show as origin `kubernetes:KIND/NS/NAME` and, like
+    /// file policies, cannot be changed through the admin API (the cluster
+    /// is their source of truth).
+    pub(crate) async fn replace_kubernetes_policies(
+        &self,
+        policies: Vec<Policy>,
+    ) -> Result<u64, ChangeError> {
+        let mut sources = self.sources.lock().await;
+        let kube: Vec<PolicyEntry> = policies
+            .into_iter()
+            .map(|policy| {
+                let m = policy.meta();
+                let path = format!("kubernetes:{}/{}/{}", policy.kind(), m.namespace, m.name);
+                PolicyEntry {
+                    policy,
+                    origin: Origin::File { path },
+                }
+            })
+            .collect();
+        let mut all = sources.file_policies.clone();
+        all.extend(kube.iter().cloned());
+        let result = self.commit(&all, &sources.api_policies, || Ok(()));
+        self.record(
+            result.as_ref().map(|g| *g).map_err(ToString::to_string),
+            "kubernetes",
+        );
+        let g = result?;
+        sources.kube_policies = kube;
+        Ok(g)
     }
 
     /// Records the bound data-plane listeners for `/api/v1/status`: name

@@ -208,6 +208,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), DemoError> {
         admin_addr: Some(args.admin_addr),
         listen: Vec::new(),
         cacerts: None,
+        kubernetes: false,
         drain_timeout: DRAIN_SECS,
         edge_addr: Some(args.edge_addr),
     });
