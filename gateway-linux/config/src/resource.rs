@@ -639,36 +639,39 @@ fn decode_authz(r: &mut Reader, node: &Node, path: &str) -> Option<Authorization
     })
 }
 
+/// Decodes `from: [{source: …}]` / `to: [{operation: …}]`: a list whose
+/// entries wrap one object under `key`; an entry without it matches anything.
+fn decode_wrapped<T: Default>(
+    r: &mut Reader,
+    list: &Node,
+    path: &str,
+    keys: &'static [&'static str; 1],
+    decode: fn(&mut Reader, &Node, &str) -> Option<T>,
+) -> Vec<T> {
+    let key = keys[0];
+    let mut out = Vec::new();
+    for (i, item) in r.list(list, path).unwrap_or_default().iter().enumerate() {
+        let ip = index(path, i);
+        let Some(itf) = r.fields(item, &ip, keys) else {
+            continue;
+        };
+        let value = match itf.get(key) {
+            Some(v) => decode(r, v, &join(&ip, key)),
+            None => Some(T::default()),
+        };
+        out.extend(value);
+    }
+    out
+}
+
 fn decode_rule(r: &mut Reader, node: &Node, path: &str) -> Option<Rule> {
     let f = r.fields(node, path, RULE_FIELDS)?;
     let mut rule = Rule::default();
     if let Some(from) = f.get("from") {
-        let fp = join(path, "from");
-        for (i, item) in r.list(from, &fp).unwrap_or_default().iter().enumerate() {
-            let ip = index(&fp, i);
-            let Some(itf) = r.fields(item, &ip, &["source"]) else {
-                continue;
-            };
-            let source = match itf.get("source") {
-                Some(s) => decode_source(r, s, &join(&ip, "source")),
-                None => Some(Source::default()),
-            };
-            rule.from.extend(source);
-        }
+        rule.from = decode_wrapped(r, from, &join(path, "from"), &["source"], decode_source);
     }
     if let Some(to) = f.get("to") {
-        let tp = join(path, "to");
-        for (i, item) in r.list(to, &tp).unwrap_or_default().iter().enumerate() {
-            let ip = index(&tp, i);
-            let Some(itf) = r.fields(item, &ip, &["operation"]) else {
-                continue;
-            };
-            let op = match itf.get("operation") {
-                Some(o) => decode_operation(r, o, &join(&ip, "operation")),
-                None => Some(Operation::default()),
-            };
-            rule.to.extend(op);
-        }
+        rule.to = decode_wrapped(r, to, &join(path, "to"), &["operation"], decode_operation);
     }
     if let Some(when) = f.get("when") {
         let wp = join(path, "when");
