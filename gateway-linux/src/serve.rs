@@ -319,6 +319,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         // than the one configured.
         return Err(ServeError::TlsFilesUnsupported(tls.cert_file.clone()));
     }
+    raise_fd_limit(&settings.limits);
     let data_dir = args
         .data_dir
         .clone()
@@ -454,7 +455,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let dp = dataplane::DataPlane::new(
         snapshot,
         dp_identity,
-        dataplane::Options::default(),
+        dataplane::Options::from_limits(&settings.limits),
         access_log_sink()?,
     );
     let mut bound = Vec::with_capacity(settings.listeners.len());
@@ -634,6 +635,42 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     println!("meshgate: stopped");
     Ok(())
+}
+
+/// File descriptors the gateway needs besides its inbound connections
+/// (listeners, admin API, edge tunnels, store files, logs).
+const SPARE_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (often 1024 → far more),
+/// as every proxied connection holds two descriptors: at a soft limit of
+/// 1024, `accept` would fail with EMFILE long before `maxConnections` and
+/// legitimate clients would be turned away with the attackers. Warns when
+/// even the hard limit cannot hold the configured connections.
+fn raise_fd_limit(limits: &meshgate_config::settings::Limits) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum
+        && let Err(e) = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        )
+    {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = u64::from(limits.max_connections)
+        .saturating_mul(2)
+        .saturating_add(SPARE_FDS);
+    if now < needed {
+        tracing::warn!(
+            open_files = now,
+            needed,
+            "the open-file limit is below what limits.maxConnections needs (two per connection); raise it (ulimit -n) or lower maxConnections"
+        );
+    }
 }
 
 /// Resolves when `rx` turns true (or its sender is gone).

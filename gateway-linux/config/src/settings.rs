@@ -32,6 +32,13 @@
 //! identity:
 //!   spiffeId: spiffe://cluster.local/ns/meshgate-system/sa/meshgate  # the default
 //!   certTtl: 24h                      # Go-style duration: 90m, 1h30m, 3600s (default 24h)
+//! limits:                             # data-plane resource limits (the defaults shown)
+//!   maxConnections: 10000             # inbound connections open at once; more wait in the backlog
+//!   maxConnectionsPerSource: 1000     # per client IPv4 address / IPv6 /64; more are closed at once
+//!   headTimeout: 10s                  # ClientHello + TLS handshake, and each HTTP/1 request head
+//!   idleTimeout: 60s                  # keep-alive connection with no request in flight
+//!   maxRequestHeadBytes: 65536        # HTTP/1 head / HTTP/2 header list; larger gets 431
+//!   upstreamConnectTimeout: 5s        # connect (and handshake) to an upstream; then 503
 //! services:                           # ServiceEntry specs with name/namespace inline
 //! - name: details
 //!   namespace: bookinfo
@@ -108,8 +115,57 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// The gateway's own identity and certificate lifetime.
     pub identity: Identity,
+    /// Data-plane resource limits.
+    pub limits: Limits,
     /// Services behind the gateway, every host unique across them.
     pub services: Vec<Service>,
+}
+
+/// What the data plane allows clients to hold, and for how long (the
+/// `limits` block). Every limit is finite: a peer can never make the
+/// gateway wait or buffer without bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Inbound connections open at once, all clients together. At the
+    /// limit new clients wait in the kernel's accept queue.
+    pub max_connections: u32,
+    /// Inbound connections open at once from one source (an IPv4 address
+    /// or an IPv6 /64); further connections from it are closed at once, so
+    /// one client cannot take every slot of [`Self::max_connections`].
+    pub max_connections_per_source: u32,
+    /// Time a client gets for its ClientHello and TLS handshake (from
+    /// accept), and for each HTTP/1 request head: the slowloris bound.
+    pub head_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this long.
+    pub idle_timeout: Duration,
+    /// Largest HTTP/1 request head or HTTP/2 header list; a larger one is
+    /// answered with `431`.
+    pub max_request_head_bytes: u32,
+    /// Time allowed to connect (and handshake) to an upstream before the
+    /// client gets `503`.
+    pub upstream_connect_timeout: Duration,
+}
+
+impl Limits {
+    /// Smallest `maxRequestHeadBytes`: HTTP/1 needs a read buffer at least
+    /// this large (hyper refuses smaller ones).
+    pub const MIN_REQUEST_HEAD_BYTES: u32 = 8 * 1024;
+    /// Largest `maxRequestHeadBytes`.
+    pub const MAX_REQUEST_HEAD_BYTES: u32 = 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_source: 1_000,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_request_head_bytes: 64 * 1024,
+            upstream_connect_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// One data-plane socket.
@@ -350,6 +406,7 @@ impl Settings {
             }],
             policy_paths: Vec::new(),
             tls: None,
+            limits: Limits::default(),
             services: Vec::new(),
         }
     }
@@ -445,6 +502,7 @@ impl Settings {
             policy_paths: raw.policy_paths,
             tls: raw.tls,
             identity: raw.identity,
+            limits: raw.limits,
             services,
         };
         errors.into_result(settings)
@@ -505,6 +563,7 @@ struct RawSettings {
     service_files: Vec<PathBuf>,
     tls: Option<TlsFiles>,
     identity: Identity,
+    limits: Limits,
     inline_services: Vec<Located>,
 }
 
@@ -542,6 +601,7 @@ impl RawSettings {
             service_files: Vec::new(),
             tls: None,
             identity: d.identity,
+            limits: d.limits,
             inline_services: Vec::new(),
         }
     }
@@ -557,6 +617,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "serviceFiles",
     "tls",
     "identity",
+    "limits",
     "services",
 ];
 
@@ -733,6 +794,9 @@ fn decode_settings(
             }
         }
     }
+    if let Some(n) = f.get("limits") {
+        decode_limits(r, n, &mut s.limits);
+    }
     if let Some(n) = f.get("services") {
         for (i, item) in r.list(n, "services").unwrap_or_default().iter().enumerate() {
             let p = index("services", i);
@@ -747,6 +811,107 @@ fn decode_settings(
         }
     }
     s
+}
+
+/// The `limits` block: each field optional, each bounded so that no value
+/// can disable a protection (no zero timeouts, no unbounded sizes).
+fn decode_limits(r: &mut Reader, node: &Node, limits: &mut Limits) {
+    let Some(f) = r.fields(
+        node,
+        "limits",
+        &[
+            "maxConnections",
+            "maxConnectionsPerSource",
+            "headTimeout",
+            "idleTimeout",
+            "maxRequestHeadBytes",
+            "upstreamConnectTimeout",
+        ],
+    ) else {
+        return;
+    };
+    let count = |r: &mut Reader, name: &str, lo: u32, hi: u32, slot: &mut u32| {
+        if let Some(v) = f.get(name)
+            && let Some(n) = r.int_in(v, &join("limits", name), lo.into(), hi.into())
+            && let Ok(n) = u32::try_from(n)
+        {
+            *slot = n;
+        }
+    };
+    count(
+        r,
+        "maxConnections",
+        1,
+        1_000_000,
+        &mut limits.max_connections,
+    );
+    count(
+        r,
+        "maxConnectionsPerSource",
+        1,
+        1_000_000,
+        &mut limits.max_connections_per_source,
+    );
+    count(
+        r,
+        "maxRequestHeadBytes",
+        Limits::MIN_REQUEST_HEAD_BYTES,
+        Limits::MAX_REQUEST_HEAD_BYTES,
+        &mut limits.max_request_head_bytes,
+    );
+    let min = Duration::from_millis(100);
+    let hour = Duration::from_secs(3600);
+    for (name, slot, max) in [
+        ("headTimeout", &mut limits.head_timeout, hour),
+        ("idleTimeout", &mut limits.idle_timeout, 24 * hour),
+        (
+            "upstreamConnectTimeout",
+            &mut limits.upstream_connect_timeout,
+            hour,
+        ),
+    ] {
+        if let Some(v) = f.get(name)
+            && let Some(d) = bounded_duration(r, v, &join("limits", name), min, max)
+        {
+            *slot = d;
+        }
+    }
+}
+
+/// A Go-style duration in `min..=max`.
+fn bounded_duration(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    min: Duration,
+    max: Duration,
+) -> Option<Duration> {
+    let text = r.string(node, path)?;
+    match parse_duration(&text) {
+        Some(d) if (min..=max).contains(&d) => Some(d),
+        Some(_) => {
+            r.issue(
+                node.at,
+                path,
+                ErrorKind::Invalid(format!(
+                    "{text:?} is out of range {}ms..={}s",
+                    min.as_millis(),
+                    max.as_secs()
+                )),
+            );
+            None
+        }
+        None => {
+            r.issue(
+                node.at,
+                path,
+                ErrorKind::Invalid(format!(
+                    "{text:?} is not a duration such as 10s, 500ms or 1m"
+                )),
+            );
+            None
+        }
+    }
 }
 
 fn decode_inline_service(r: &mut Reader, node: &Node, path: &str) -> Option<ServiceEntry> {

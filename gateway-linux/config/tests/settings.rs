@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use meshgate_config::error::ConfigErrors;
 use meshgate_config::policy::load_policies;
 use meshgate_config::settings::{
-    Address, EMBEDDED_DEFAULT_YAML, ListenerProtocol, Protocol, Settings, UpstreamTls,
+    Address, EMBEDDED_DEFAULT_YAML, Limits, ListenerProtocol, Protocol, Settings, UpstreamTls,
 };
 use meshgate_core::time::UnixTime;
 
@@ -229,6 +229,78 @@ polices: []
         "meshgate.yaml: document 1, line 2, column 12: listeners[0].address: \
          \"localhost:9080\" is not an IP:port address (e.g. 127.0.0.1:9080 or [::1]:9080)"
     );
+}
+
+#[test]
+fn limits_default_and_parse() {
+    assert_eq!(ok("# nothing\n").limits, Limits::default());
+    let l = ok("\
+limits:
+  maxConnections: 3000
+  maxConnectionsPerSource: 200
+  headTimeout: 2s
+  idleTimeout: 1m30s
+  maxRequestHeadBytes: 16384
+  upstreamConnectTimeout: 500ms
+")
+    .limits;
+    assert_eq!(
+        l,
+        Limits {
+            max_connections: 3000,
+            max_connections_per_source: 200,
+            head_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(90),
+            max_request_head_bytes: 16384,
+            upstream_connect_timeout: Duration::from_millis(500),
+        }
+    );
+    // Fields not given keep their defaults.
+    let l = ok("limits: {headTimeout: 3s}\n").limits;
+    assert_eq!(l.head_timeout, Duration::from_secs(3));
+    assert_eq!(l.max_connections, Limits::default().max_connections);
+}
+
+#[test]
+fn limits_errors_name_line_and_field() {
+    let src = "\
+trustDomain: cluster.local
+limits:
+  maxConnections: 0
+  maxConnectionsPerSource: many
+  headTimeout: 0s
+  idleTimeout: forever
+  maxRequestHeadBytes: 1024
+  upstreamConnectTimeout: 2h
+  maxBodyBytes: 10
+";
+    let got = places(src);
+    for (line, field) in [
+        (3, "limits.maxConnections"),
+        (4, "limits.maxConnectionsPerSource"),
+        (5, "limits.headTimeout"),
+        (6, "limits.idleTimeout"),
+        (7, "limits.maxRequestHeadBytes"),
+        (8, "limits.upstreamConnectTimeout"),
+    ] {
+        assert!(
+            got.contains(&(Some(1), line, field.to_owned())),
+            "no error for {field} at line {line}: {got:?}"
+        );
+    }
+    assert!(
+        got.iter().any(|(_, _, f)| f.contains("maxBodyBytes")),
+        "unknown field not reported: {got:?}"
+    );
+    // A zero timeout would disable the slowloris bound: refused with a
+    // message saying what is allowed.
+    let msg = first_error("limits: {headTimeout: 0s}\n");
+    assert!(
+        msg.contains("headTimeout") && msg.contains("out of range"),
+        "{msg}"
+    );
+    let msg = first_error("limits: {maxRequestHeadBytes: 100}\n");
+    assert!(msg.contains("8192"), "{msg}");
 }
 
 #[test]

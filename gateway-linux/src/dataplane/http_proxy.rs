@@ -12,8 +12,8 @@
 //!
 //! Client-supplied `x-forwarded-client-cert` headers are always removed; the
 //! gateway adds its own for verified mTLS peers (see `xfcc`). Malformed
-//! requests get hyper's `400` and a close; a request head over 64 KiB (or
-//! with too many header fields) gets `431`.
+//! requests get hyper's `400` and a close; a request head over
+//! `limits.maxRequestHeadBytes` (or with too many header fields) gets `431`.
 
 use core::net::SocketAddr;
 use core::pin::Pin;
@@ -44,8 +44,6 @@ use super::peer::PeerIdentity;
 use super::snapshot::{AuthzRequest, ModeDecision, Route, Snapshot, split_host_port};
 use super::{ListenerSpec, Shared, xfcc};
 
-/// Largest accepted request head (HTTP/1 buffer, HTTP/2 header list).
-pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most header fields in one HTTP/1 request head.
 const MAX_HEADERS: usize = 256;
 /// The body of an authorization denial, exactly as Envoy's RBAC filter.
@@ -132,12 +130,14 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.shared.options.head_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
+        .max_buf_size(ctx.shared.options.max_request_head_bytes)
         .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(
+            u32::try_from(ctx.shared.options.max_request_head_bytes).unwrap_or(u32::MAX),
+        )
         .max_concurrent_streams(256);
     let mut shutdown = ctx.shared.shutdown.subscribe();
     let svc_ctx = ctx.clone();

@@ -10,7 +10,8 @@
 //!
 //! Module map:
 //! - `listener` logic lives here ([`DataPlane::spawn_listener`]): accept
-//!   loop with a connection limit (backpressure) and graceful drain;
+//!   loop with a connection limit (backpressure), a per-source cap (one
+//!   client cannot take every slot) and graceful drain;
 //! - [`inbound`]: sniffing, ClientHello/SNI routing, mode → handshake;
 //! - [`http_proxy`]: per-request admission + authorization, XFCC, proxying;
 //! - [`tcp_proxy`]: TCP and DISABLE passthrough;
@@ -36,11 +37,12 @@ mod xfcc;
 #[cfg(test)]
 mod tests;
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use core::time::Duration;
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -54,25 +56,104 @@ pub(crate) use metrics::PlaintextClient;
 pub(crate) use revocation::RevocationCheck;
 pub(crate) use snapshot::{Snapshot, SnapshotError};
 
-/// Tunables of the data plane.
+/// Tunables of the data plane (the settings' `limits` block).
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     /// Most inbound connections open at once; further clients wait in the
     /// kernel's accept queue (backpressure) instead of being served badly.
     pub(crate) max_connections: usize,
+    /// Most inbound connections open at once from one source (IPv4
+    /// address, IPv6 /64); further ones are closed right after accept.
+    pub(crate) max_connections_per_source: usize,
     /// Time allowed for a complete ClientHello / TLS handshake / HTTP
     /// request head.
     pub(crate) head_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this long.
+    #[allow(dead_code, reason = "applied by the HTTP proxy's keep-alive handling")]
+    pub(crate) idle_timeout: Duration,
+    /// Largest HTTP/1 request head / HTTP/2 header list (at least 8 KiB,
+    /// which hyper requires).
+    pub(crate) max_request_head_bytes: usize,
     /// Time allowed to connect (and handshake) to an upstream.
     pub(crate) upstream_connect_timeout: Duration,
 }
 
+impl Options {
+    /// The data plane's options from the settings' limits.
+    pub(crate) fn from_limits(l: &meshgate_config::settings::Limits) -> Self {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            max_connections: size(l.max_connections),
+            max_connections_per_source: size(l.max_connections_per_source),
+            head_timeout: l.head_timeout,
+            idle_timeout: l.idle_timeout,
+            max_request_head_bytes: size(l.max_request_head_bytes),
+            upstream_connect_timeout: l.upstream_connect_timeout,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            head_timeout: Duration::from_secs(10),
-            upstream_connect_timeout: Duration::from_secs(5),
+        Self::from_limits(&meshgate_config::settings::Limits::default())
+    }
+}
+
+/// What the per-source connection cap counts by: an IPv4 address, or the
+/// /64 prefix of an IPv6 address (one host usually holds a whole /64, so
+/// counting single IPv6 addresses would be no cap at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => SourceKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4),
+                None => SourceKey::V6Prefix((v6.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Open connections per source. An entry exists only while its count is
+/// above zero, so the map is bounded by the open connections.
+#[derive(Debug, Default)]
+struct PerSource(Mutex<HashMap<SourceKey, usize>>);
+
+impl PerSource {
+    /// Counts one more connection from `key` unless it already has `cap`.
+    fn try_acquire(&self, key: SourceKey, cap: usize) -> bool {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(key).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                m.remove(&key);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, key: SourceKey) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&key);
+            }
         }
     }
 }
@@ -117,6 +198,7 @@ pub(crate) struct Shared {
     metrics: metrics::Metrics,
     access_log: AccessLog,
     limit: Arc<Semaphore>,
+    per_source: PerSource,
     shutdown: watch::Sender<bool>,
     active: AtomicUsize,
     /// Open mTLS connections by peer, for closing revoked ones.
@@ -140,14 +222,17 @@ pub(crate) struct DataPlane {
     shared: Arc<Shared>,
 }
 
-/// Counts a connection as in flight until dropped.
+/// Counts a connection as in flight (globally and for its source) until
+/// dropped.
 struct ConnGuard {
     shared: Arc<Shared>,
+    source: SourceKey,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.shared.per_source.release(self.source);
         self.shared.active.fetch_sub(1, Ordering::AcqRel);
         self.shared.metrics.connection_closed();
     }
@@ -173,6 +258,7 @@ impl DataPlane {
                 metrics: metrics::Metrics::default(),
                 access_log: AccessLog::new(access_log),
                 limit,
+                per_source: PerSource::default(),
                 shutdown,
                 active: AtomicUsize::new(0),
                 live: Arc::default(),
@@ -225,10 +311,28 @@ impl DataPlane {
                         }
                     },
                 };
+                let key = SourceKey::of(source.ip());
+                if !shared
+                    .per_source
+                    .try_acquire(key, shared.options.max_connections_per_source)
+                {
+                    // Closed at once, before any read or handshake, and
+                    // counted but not access-logged: a flood must not turn
+                    // into a flood of log lines.
+                    shared.metrics.connection(metrics::DecisionLabels {
+                        destination: "-".to_owned(),
+                        security: "none",
+                        decision: "deny",
+                        reason: "source_connection_limit".to_owned(),
+                    });
+                    drop(stream);
+                    continue;
+                }
                 shared.active.fetch_add(1, Ordering::AcqRel);
                 shared.metrics.connection_opened();
                 let guard = ConnGuard {
                     shared: shared.clone(),
+                    source: key,
                     _permit: permit,
                 };
                 let (shared, spec) = (shared.clone(), spec.clone());
@@ -327,4 +431,37 @@ impl DataPlane {
 /// watch guard is dropped inside, so callers' futures stay `Send`.
 pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_counts_ipv4_and_ipv6_prefixes_and_forgets_idle_sources() {
+        let p = PerSource::default();
+        let a = SourceKey::of("127.0.0.2".parse().expect("ip"));
+        assert!(p.try_acquire(a, 2));
+        assert!(p.try_acquire(a, 2));
+        assert!(!p.try_acquire(a, 2), "third connection over the cap");
+        // Another source is not affected; an IPv4-mapped IPv6 address is
+        // the same source as the IPv4 address.
+        assert!(p.try_acquire(SourceKey::of("127.0.0.1".parse().expect("ip")), 2));
+        let mapped = SourceKey::of("::ffff:127.0.0.2".parse().expect("ip"));
+        assert_eq!(mapped, a);
+        // Two addresses of one IPv6 /64 share the cap.
+        let v6a = SourceKey::of("2001:db8::1".parse().expect("ip"));
+        let v6b = SourceKey::of("2001:db8::ffff:2".parse().expect("ip"));
+        assert_eq!(v6a, v6b);
+        assert_ne!(v6a, SourceKey::of("2001:db8:0:1::1".parse().expect("ip")));
+        p.release(a);
+        assert!(p.try_acquire(a, 2), "a released slot is reusable");
+        p.release(a);
+        p.release(a);
+        p.release(SourceKey::of("127.0.0.1".parse().expect("ip")));
+        assert!(
+            p.0.lock().expect("lock").is_empty(),
+            "no entry for idle sources"
+        );
+    }
 }
