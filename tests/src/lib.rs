@@ -193,6 +193,19 @@ pub struct GatewayOptions {
     pub env: Vec<(String, String)>,
     /// `identity.certTtl` in the settings (e.g. `90s`); default 24h.
     pub cert_ttl: Option<String>,
+    /// Appended to the settings file as is: top-level settings keys (e.g.
+    /// a `limits:` block), then optionally `---` and Istio
+    /// ServiceEntry/WorkloadEntry documents for more services.
+    pub extra_settings: String,
+    /// A command the gateway is started under, e.g. `unshare -m ... sh -c
+    /// '...; exec "$@"' sh`: it must `exec` the arguments that follow
+    /// (`meshgate serve ...`), so that [`Gateway::pid`] stays the
+    /// gateway's. Read at every [`Gateway::spawn`].
+    pub wrapper: Vec<String>,
+    /// Bind the HTTP listener here instead of an ephemeral port (e.g. the
+    /// previous address, so clients reach a restarted gateway). Read at
+    /// every [`Gateway::spawn`].
+    pub listen: Option<SocketAddr>,
 }
 
 /// A running `meshgate serve` and its temporary home.
@@ -263,9 +276,10 @@ services:
     ports: {{http: {pport}}}
     labels: {{app: productpage, version: v1}}
     serviceAccount: bookinfo-productpage
-",
+{extra}",
             dport = details.addr.port(),
             pport = productpage.addr.port(),
+            extra = options.extra_settings,
         );
         std::fs::write(dir.path().join("meshgate.yaml"), settings).expect("write settings");
         let data_dir = dir.path().join("data");
@@ -291,7 +305,18 @@ services:
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "gateway already running");
         self.stdout.lock().expect("lock").clear();
-        let mut cmd = Command::new(meshgate_bin());
+        let mut cmd = match self.options.wrapper.split_first() {
+            None => Command::new(meshgate_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(meshgate_bin());
+                c
+            }
+        };
+        let listen = self
+            .options
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("meshgate.yaml"))
@@ -299,7 +324,7 @@ services:
             .arg("--admin-addr")
             .arg("127.0.0.1:0")
             .arg("--listen")
-            .arg("http=127.0.0.1:0")
+            .arg(format!("http={listen}"))
             .arg("--drain-timeout")
             .arg("3")
             .env("RUST_LOG", "info")
@@ -389,6 +414,21 @@ services:
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The options the next [`Self::spawn`] uses (wrapper, listen address).
+    pub fn options_mut(&mut self) -> &mut GatewayOptions {
+        &mut self.options
+    }
+
+    /// The gateway's resident set size in KiB (`VmRSS` in
+    /// `/proc/PID/status`), while running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// Everything the gateway wrote to stderr (its logs).

@@ -45,7 +45,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -55,6 +55,10 @@ pub(crate) use identity::{Identity, Protocol};
 pub(crate) use metrics::PlaintextClient;
 pub(crate) use revocation::RevocationCheck;
 pub(crate) use snapshot::{Snapshot, SnapshotError};
+
+/// Accept-queue length of the data-plane listeners (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Tunables of the data plane (the settings' `limits` block).
 #[derive(Debug, Clone)]
@@ -274,7 +278,19 @@ impl DataPlane {
         addr: SocketAddr,
         spec: ListenerSpec,
     ) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        let listener = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does (a restarted gateway can rebind while
+        // old connections linger in TIME_WAIT), but with a deep accept
+        // queue: `bind`'s 128 overflows in a burst of connections, and the
+        // kernel then drops SYNs, so legitimate clients wait 1 s, 3 s, 7 s
+        // for their retransmissions.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let local = listener.local_addr()?;
         Ok((local, self.spawn_listener(listener, spec)))
     }

@@ -1,0 +1,200 @@
+"""Attackers for meshgate's flood tests (tests/tests/floods.rs).
+
+Started with one JSON argument:
+  {"mode": "idle" | "slow_head" | "slow_tls" | "slow_tls_head" | "handshakes"
+           | "slow_reader",
+   "addr": "127.0.0.1:PORT", "host": "details.bookinfo.svc.cluster.local",
+   "duration": 12.0,
+   "sources": {"127.0.0.2": 1500, "127.0.0.3": 800},   # connections to hold
+   "threads": 8}                                          # handshakes only
+
+Connection-holding modes keep the given number of connections open from
+each source address for `duration` seconds, opening replacements (at most
+once a second per source) for those the gateway closes:
+  idle           connect and send nothing;
+  slow_head      plaintext HTTP/1.1, one byte of the request head every 0.5 s;
+  slow_tls       a TLS record header, then one ClientHello byte every 0.5 s;
+  slow_tls_head  a complete TLS handshake, then the HTTP head as slow_head;
+  slow_reader    a complete request for a large response, then never read.
+`handshakes` runs `threads` threads that complete TLS handshakes (no client
+certificate) and close, as fast as they can.
+
+Prints one JSON object: what was achieved (max_open, opened, connect
+errors), how the gateway ended connections (closed, closed within 0.5 s,
+the longest a connection lived, including those still open at the end) and
+for handshakes the number completed.
+"""
+
+import json
+import selectors
+import socket
+import ssl
+import sys
+import threading
+import time
+
+FAST_CLOSE = 0.5
+DRIP_EVERY = 0.5
+
+
+def tls_context():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def hold(cfg):
+    mode = cfg["mode"]
+    host, port = cfg["addr"].rsplit(":", 1)
+    port = int(port)
+    sel = selectors.DefaultSelector()
+    ctx = tls_context()
+    head = ("GET /details/0 HTTP/1.1\r\nHost: %s\r\nUser-Agent: slowloris\r\n"
+            "X-Padding: %s\r\n\r\n" % (cfg["host"], "a" * 200)).encode()
+    big = ("GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % cfg["host"]).encode()
+    # A TLS handshake record header announcing 512 bytes that never all come.
+    tls_prefix = bytes([0x16, 0x03, 0x01, 0x02, 0x00])
+    stats = {"opened": 0, "connect_errors": 0, "closed": 0, "closed_fast": 0,
+             "max_lifetime": 0.0, "max_open": 0, "open_at_end": 0}
+    conns = {}  # socket -> [source, opened_at, bytes of the head sent]
+    have = {src: 0 for src in cfg["sources"]}
+    last_topup = {src: 0.0 for src in cfg["sources"]}
+
+    def closed(s, now):
+        src, t0, _ = conns.pop(s)
+        have[src] -= 1
+        try:
+            sel.unregister(s)
+        except (KeyError, ValueError):
+            pass
+        s.close()
+        life = now - t0
+        stats["closed"] += 1
+        if life < FAST_CLOSE:
+            stats["closed_fast"] += 1
+        stats["max_lifetime"] = max(stats["max_lifetime"], life)
+
+    def open_one(src):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # IP_BIND_ADDRESS_NO_PORT: pick the port at connect, so that
+            # thousands of binds do not search the port space.
+            s.setsockopt(socket.SOL_IP, 24, 1)
+            s.bind((src, 0))
+            s.settimeout(3)
+            if mode == "slow_reader":
+                # Small buffers: the gateway's writes stall sooner.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((host, port))
+            if mode == "slow_tls_head":
+                s = ctx.wrap_socket(s, server_hostname=cfg["host"])
+            elif mode == "slow_tls":
+                s.sendall(tls_prefix)
+            elif mode == "slow_reader":
+                s.sendall(big)
+            s.setblocking(False)
+        except OSError:
+            stats["connect_errors"] += 1
+            s.close()
+            return
+        stats["opened"] += 1
+        conns[s] = [src, time.time(), 0]
+        have[src] += 1
+        sel.register(s, selectors.EVENT_READ)
+
+    end = time.time() + float(cfg["duration"])
+    next_drip = time.time()
+    while time.time() < end:
+        now = time.time()
+        for src, want in cfg["sources"].items():
+            if have[src] < want and now - last_topup[src] >= 1.0:
+                last_topup[src] = now
+                for _ in range(want - have[src]):
+                    open_one(src)
+        stats["max_open"] = max(stats["max_open"], len(conns))
+        for key, _ in sel.select(timeout=0.05):
+            s = key.fileobj
+            if mode == "slow_reader":
+                # Never read the response; only notice the close. A
+                # readable socket with data is left alone (select keeps
+                # reporting it, so stop watching it).
+                try:
+                    data = s.recv(1, socket.MSG_PEEK)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    sel.unregister(s)
+                    continue
+                closed(s, time.time())
+                continue
+            try:
+                data = s.recv(4096)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                closed(s, time.time())
+        if mode in ("slow_head", "slow_tls", "slow_tls_head") and time.time() >= next_drip:
+            next_drip = time.time() + DRIP_EVERY
+            for s, st in list(conns.items()):
+                if mode == "slow_tls":
+                    byte = b"\x01"
+                else:
+                    # Never the end of the head: stop one byte short.
+                    byte = head[st[2]:st[2] + 1] if st[2] < len(head) - 1 else b"a"
+                try:
+                    s.send(byte)
+                    st[2] += 1
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    pass
+                except OSError:
+                    closed(s, time.time())
+    now = time.time()
+    stats["open_at_end"] = len(conns)
+    for s, (_, t0, _) in conns.items():
+        stats["max_lifetime"] = max(stats["max_lifetime"], now - t0)
+        s.close()
+    return stats
+
+
+def handshakes(cfg):
+    host, port = cfg["addr"].rsplit(":", 1)
+    port = int(port)
+    ctx = tls_context()
+    end = time.time() + float(cfg["duration"])
+    counts = {"handshakes": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def run():
+        ok = err = 0
+        while time.time() < end:
+            try:
+                with socket.create_connection((host, port), timeout=5) as raw:
+                    with ctx.wrap_socket(raw, server_hostname=cfg["host"]):
+                        ok += 1
+            except OSError:
+                err += 1
+        with lock:
+            counts["handshakes"] += ok
+            counts["errors"] += err
+
+    threads = [threading.Thread(target=run) for _ in range(int(cfg["threads"]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    out = handshakes(cfg) if cfg["mode"] == "handshakes" else hold(cfg)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
