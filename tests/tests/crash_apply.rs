@@ -7,6 +7,8 @@
 //! Every apply writes two documents: the marker AuthorizationPolicy with
 //! the write's number N in its principal, and a new policy `p-N`. So the
 //! state after write N is: marker = N and exactly p-1..=p-N.
+//!
+//! Issue 10 adds the kill during live client traffic (below).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
@@ -148,4 +150,90 @@ fn kill_9_during_apply_bursts_keeps_exactly_the_last_committed_state() {
     );
     assert!(total >= KILLS, "bursts must have written something");
     assert!(in_flight_at_kill > 0, "no kill hit an apply in flight");
+}
+
+/// Issue 10: the gateway SIGKILLed and restarted (same address, same data)
+/// three times while an mTLS client and a plaintext client keep sending,
+/// under a committed STRICT policy. Clients recover: every mTLS request
+/// made once a restarted gateway is ready succeeds; requests during the
+/// outage fail with connection errors, never a wrong answer. The state is
+/// the last committed one at every moment: no plaintext request ever gets
+/// through, not even in the first instant after a restart.
+#[test]
+fn kill_9_during_traffic_clients_recover_and_strict_never_lapses() {
+    use meshgate_e2e::{DETAILS_HOST, PRODUCTPAGE_ID, STRICT_YAML, Traffic, wall_now};
+
+    let mut gw = Gateway::start();
+    gw.apply(STRICT_YAML);
+    let client = gw.issue_cert(PRODUCTPAGE_ID, &gw.dir.path().join("pp"), None);
+    let clients = serde_json::json!([
+        {"name": "mtls", "tls": true, "cert_dir": client.dir, "verify": true, "pause": 0.01},
+        {"name": "plain", "tls": false, "pause": 0.01},
+    ]);
+    let traffic = Traffic::start(
+        &gw,
+        DETAILS_HOST,
+        "/details/0",
+        &clients,
+        Duration::from_secs(40),
+    );
+    // Restarted gateways listen where the clients are sending.
+    gw.options_mut().listen = Some(gw.http);
+    // (killed at, ready again at), wall clock.
+    let mut outages = Vec::new();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = wall_now();
+        gw.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        gw.spawn();
+        let ready = wall_now();
+        eprintln!(
+            "round {round}: down for {:.0} ms",
+            (ready - killed) * 1000.0
+        );
+        outages.push((killed, ready));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let records = traffic.stop();
+    let in_outage = |t0: f64, t1: f64| {
+        outages
+            .iter()
+            .any(|&(k, r)| t0 <= r + 0.05 && t1 >= k - 0.05)
+    };
+    let (mut ok, mut failed_in_outage) = (0, 0);
+    for r in &records {
+        match r.client.as_str() {
+            "plain" => assert_ne!(
+                r.status,
+                Some(200),
+                "a plaintext request got through STRICT: {r:?}"
+            ),
+            _ if r.status == Some(200) => ok += 1,
+            _ => {
+                assert!(
+                    r.status.is_none(),
+                    "an mTLS request got a wrong answer: {r:?}"
+                );
+                assert!(
+                    in_outage(r.t0, r.t1),
+                    "an mTLS request failed outside an outage: {r:?} (outages {outages:?})"
+                );
+                failed_in_outage += 1;
+            }
+        }
+    }
+    let plain = records.iter().filter(|r| r.client == "plain").count();
+    eprintln!(
+        "{ok} mTLS requests ok, {failed_in_outage} failed during the 3 outages; {plain} plaintext requests, all refused"
+    );
+    assert!(ok >= 50 && plain >= 50, "too little traffic");
+    // After the last restart, the mTLS client is served again.
+    let last_ready = outages.last().map_or(0.0, |o| o.1);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.client == "mtls" && r.t0 > last_ready && r.status == Some(200)),
+        "no mTLS request succeeded after the last restart"
+    );
 }
