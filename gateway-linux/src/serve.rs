@@ -13,7 +13,9 @@
 //! in-memory recent list), `stdout`/`-`, or a file path (appended to).
 //!
 //! Testing only: `MESHGATE_UNSAFE_CERT_TTL_SECS` overrides the gateway
-//! certificate's lifetime (see [`UNSAFE_CERT_TTL_ENV`]).
+//! certificate's lifetime (see [`UNSAFE_CERT_TTL_ENV`]) and
+//! `MESHGATE_UNSAFE_MIN_TTL_SECS` lowers the CA's 60 s minimum lifetime
+//! (see [`UNSAFE_MIN_TTL_ENV`]). Both are announced with a warning.
 //!
 //! On stop, `/readyz` turns false at once (so a load balancer stops
 //! sending), listeners stop accepting, and in-flight requests get up to
@@ -232,6 +234,12 @@ impl Subscriber for SnapshotPublisher {
 /// own minimum. Never set it in production: it is logged as a warning.
 const UNSAFE_CERT_TTL_ENV: &str = "MESHGATE_UNSAFE_CERT_TTL_SECS";
 
+/// Test-only: the CA's shortest certificate lifetime in seconds, replacing
+/// its 60 s minimum. The 20 s-TTL rotation test needs it; in production a
+/// lifetime that short leaves no time to retry a failed renewal, so using
+/// it is announced loudly on stderr and in the log.
+const UNSAFE_MIN_TTL_ENV: &str = "MESHGATE_UNSAFE_MIN_TTL_SECS";
+
 /// Reads a whole number of seconds from `var`, if set.
 fn unsafe_secs_env(var: &'static str) -> Result<Option<core::time::Duration>, ServeError> {
     match std::env::var(var) {
@@ -378,6 +386,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let mut ca_config = CaConfig::new(settings.trust_domain.clone());
     ca_config.default_ttl = settings.identity.cert_ttl;
+    if let Some(min) = unsafe_secs_env(UNSAFE_MIN_TTL_ENV)? {
+        eprintln!(
+            "meshgate: WARNING: {UNSAFE_MIN_TTL_ENV}={} lowers the CA's minimum certificate lifetime below 60 s; for tests only, never in production",
+            min.as_secs()
+        );
+        tracing::warn!(
+            secs = min.as_secs(),
+            "{UNSAFE_MIN_TTL_ENV} lowers the CA's minimum certificate lifetime (testing only)"
+        );
+        ca_config.min_ttl = min;
+    }
     let identity_ttl = match unsafe_secs_env(UNSAFE_CERT_TTL_ENV)? {
         Some(ttl) => {
             tracing::warn!(

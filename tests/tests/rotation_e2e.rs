@@ -1,17 +1,20 @@
 //! Issue 4's certificate "Show" through the real binary:
-//! - continuous mTLS traffic across many rotations of the gateway's own
-//!   certificate (short TTL) and of the clients' certificates (re-issued
-//!   from CSRs by `meshgate cert issue` through the admin API): zero failed
-//!   requests, and the served serials prove the certificate changed;
+//! - continuous mTLS traffic for 3 minutes with a 20 s certificate TTL,
+//!   across many rotations of the gateway's own certificate and of the
+//!   clients' certificates (re-issued from CSRs by `meshgate cert issue`
+//!   through the admin API): zero failed requests, and the served serials
+//!   prove the certificate changed;
 //! - root roll-over (`meshgate ca rotate-root`) under traffic from clients
 //!   holding old-root and new-root certificates: zero failed requests;
 //! - no workload private key is ever written to the data directory.
 //!
-//! Length and TTL: `MESHGATE_E2E_ROTATION_SECS` (default 60; the issue asks
-//! for 180) and `MESHGATE_E2E_TTL_SECS` (default 60 — the CA's minimum
-//! today; 20 once the CA accepts shorter test TTLs, see REQUESTS.md). The
-//! gateway's certificate lifetime is set with the test-only
-//! `MESHGATE_UNSAFE_CERT_TTL_SECS`; it renews at 50 % of it.
+//! Length and TTL of the rotation test: `MESHGATE_E2E_ROTATION_SECS`
+//! (default 180, the issue's 3 minutes) and `MESHGATE_E2E_TTL_SECS`
+//! (default 20). The gateway runs with the test-only
+//! `MESHGATE_UNSAFE_MIN_TTL_SECS` (the CA's minimum is 60 s otherwise) and
+//! `MESHGATE_UNSAFE_CERT_TTL_SECS` (its own certificate's lifetime); it
+//! renews at 50 % of the lifetime, and the clients re-issue theirs at 50 %
+//! too, as a workload on Istio's schedule would.
 
 use core::time::Duration;
 use std::collections::BTreeSet;
@@ -37,14 +40,44 @@ fn swap_symlink(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).expect("rename symlink");
 }
 
+/// Serials of every certificate the gateway logged as installed.
+fn installed_serials(gw: &Gateway) -> Vec<String> {
+    gw.stderr_text()
+        .lines()
+        .filter(|l| l.contains("gateway certificate installed"))
+        .filter_map(|l| {
+            // The first run of 16+ hex digits after "serial" (the log may
+            // carry ANSI colour codes around the `=`).
+            l.split("serial").nth(1).and_then(|r| {
+                r.split(|c: char| !c.is_ascii_hexdigit())
+                    .find(|t| t.len() >= 16)
+                    .map(str::to_owned)
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
-    let ttl = env_secs("MESHGATE_E2E_TTL_SECS", 60);
-    let run = Duration::from_secs(env_secs("MESHGATE_E2E_ROTATION_SECS", 60));
+    let ttl = env_secs("MESHGATE_E2E_TTL_SECS", 20);
+    let run = Duration::from_secs(env_secs("MESHGATE_E2E_ROTATION_SECS", 180));
     let gw = Gateway::start_with(GatewayOptions {
-        env: vec![("MESHGATE_UNSAFE_CERT_TTL_SECS".into(), ttl.to_string())],
+        env: vec![
+            ("MESHGATE_UNSAFE_CERT_TTL_SECS".into(), ttl.to_string()),
+            ("MESHGATE_UNSAFE_MIN_TTL_SECS".into(), ttl.to_string()),
+        ],
         ..GatewayOptions::default()
     });
+    // The lowered minimum is announced (stderr is read by another thread,
+    // so give it a moment).
+    let announced = Instant::now();
+    while !gw.stderr_text().contains("MESHGATE_UNSAFE_MIN_TTL_SECS") {
+        assert!(
+            announced.elapsed() < Duration::from_secs(5),
+            "the lowered minimum TTL is not announced"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let ttl_arg = format!("{ttl}s");
     let certs = gw.dir.path().join("certs");
     std::fs::create_dir_all(&certs).expect("dir");
@@ -54,29 +87,50 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
     client_serials.push(first.serial.clone());
     swap_symlink(&link, &first.dir);
 
+    // Two clients, each verifying the gateway with the ca.pem of the
+    // issuance it uses, one request per connection (so every handshake
+    // sees the certificate the gateway serves at that moment).
     let clients = serde_json::json!([
         {"name": "a", "tls": true, "cert_dir": link, "verify": true},
         {"name": "b", "tls": true, "cert_dir": link, "verify": true},
     ]);
     let traffic = Traffic::start(&gw, DETAILS_HOST, "/details/0", &clients, run * 2);
-    // Re-issue the clients' certificate (new key, new CSR) every sixth of
-    // its lifetime, and swap it in.
-    let reissue_every = Duration::from_secs((ttl / 6).max(3));
+    // Re-issue the clients' certificate (new key, new CSR) at half its
+    // lifetime, and swap it in.
+    let reissue_every = Duration::from_secs((ttl / 2).max(1));
+    let progress_every = Duration::from_secs(20);
     let start = Instant::now();
-    let mut k = 1;
+    let mut next_reissue = reissue_every;
+    let mut next_progress = progress_every;
     while start.elapsed() < run {
-        std::thread::sleep(reissue_every.min(run.saturating_sub(start.elapsed())));
-        if start.elapsed() >= run {
+        let wake = next_reissue.min(next_progress).min(run);
+        std::thread::sleep(wake.saturating_sub(start.elapsed()));
+        let now = start.elapsed();
+        if now >= run {
             break;
         }
-        let c = gw.issue_cert(
-            PRODUCTPAGE_ID,
-            &certs.join(format!("issue-{k}")),
-            Some(&ttl_arg),
-        );
-        client_serials.push(c.serial.clone());
-        swap_symlink(&link, &c.dir);
-        k += 1;
+        if now >= next_reissue {
+            let k = client_serials.len();
+            let c = gw.issue_cert(
+                PRODUCTPAGE_ID,
+                &certs.join(format!("issue-{k}")),
+                Some(&ttl_arg),
+            );
+            client_serials.push(c.serial.clone());
+            swap_symlink(&link, &c.dir);
+            next_reissue += reissue_every;
+        }
+        if now >= next_progress {
+            eprintln!(
+                "rotation: {:>3}/{} s: {} requests, {} gateway certificates installed, {} client re-issues",
+                now.as_secs(),
+                run.as_secs(),
+                traffic.count(),
+                installed_serials(&gw).len(),
+                client_serials.len() - 1
+            );
+            next_progress += progress_every;
+        }
     }
     let records = traffic.stop();
 
@@ -90,24 +144,11 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
         .filter_map(|r| r.cert_dir.as_deref())
         .collect();
     // The gateway's own log names every certificate it installed.
-    let installed: Vec<String> = gw
-        .stderr_text()
-        .lines()
-        .filter(|l| l.contains("gateway certificate installed"))
-        .filter_map(|l| {
-            // The first run of 16+ hex digits after "serial" (the log may
-            // carry ANSI colour codes around the `=`).
-            l.split("serial").nth(1).and_then(|r| {
-                r.split(|c: char| !c.is_ascii_hexdigit())
-                    .find(|t| t.len() >= 16)
-                    .map(str::to_owned)
-            })
-        })
-        .collect();
+    let installed = installed_serials(&gw);
     let gateway_rotations = served.len().saturating_sub(1);
     let client_rotations = client_serials.len() - 1;
     eprintln!(
-        "rotation: ttl={ttl}s run={}s requests={} failed={} gateway serials served={} ({gateway_rotations} rotations) installed={} client certificates={} ({client_rotations} rotations, {} used)",
+        "rotation: ttl={ttl}s run={}s requests={} failed={} gateway serials served={} ({gateway_rotations} rotations) installed={} client certificates={} ({client_rotations} re-issues, {} used)",
         run.as_secs(),
         records.len(),
         failed.len(),
@@ -120,9 +161,12 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
     eprintln!("client serials: {client_serials:?}");
     assert!(
         failed.is_empty(),
-        "failed requests: {:?}",
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        records.len(),
         &failed[..failed.len().min(5)]
     );
+    assert!(records.len() > 100, "too little traffic: {}", records.len());
     for s in &served {
         assert!(
             installed
@@ -131,14 +175,22 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
             "served serial {s} is not one the gateway installed: {installed:?}"
         );
     }
-    // Renewal at 50 % of the lifetime (±1 %): one rotation per ttl/2.
-    let expected = (run.as_secs() * 2 / ttl).saturating_sub(1);
+    // The issue's bar: at least 8 rotations of each. The schedule (50 % ±
+    // 1 % of the lifetime) gives about 2·run/ttl gateway rotations; seeing
+    // far fewer means the renewal is late.
+    let scheduled = run.as_secs() * 2 / ttl;
     assert!(
-        u64::try_from(gateway_rotations).unwrap_or(0) >= expected.max(1),
-        "gateway rotations {gateway_rotations}, expected at least {}",
-        expected.max(1)
+        gateway_rotations >= 8,
+        "gateway rotations seen by the clients: {gateway_rotations}, expected at least 8"
     );
-    assert!(client_rotations >= 3, "client rotations {client_rotations}");
+    assert!(
+        u64::try_from(gateway_rotations).unwrap_or(0) >= scheduled * 3 / 4,
+        "gateway rotations {gateway_rotations}, the schedule gives about {scheduled}"
+    );
+    assert!(
+        client_rotations >= 8,
+        "client re-issues {client_rotations}, expected at least 8"
+    );
     assert!(
         used_dirs.len() >= client_rotations,
         "the clients used {} of {} certificates",

@@ -47,7 +47,8 @@ use crate::x509::{
     verify_issued_by,
 };
 
-/// Shortest certificate lifetime the CA issues.
+/// Shortest certificate lifetime the CA issues by default
+/// ([`CaConfig::min_ttl`]).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
 /// Longest certificate lifetime the CA issues (Istio's maximum).
 pub const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -90,9 +91,17 @@ pub enum CaError {
         /// The CA's trust domain.
         trust_domain: String,
     },
-    /// The requested lifetime is outside [`MIN_TTL`]..=[`MAX_TTL`].
-    #[error("TTL {0:?} outside the allowed range 60 s ..= 90 days")]
-    TtlOutOfRange(Duration),
+    /// The requested lifetime is outside [`CaConfig::min_ttl`]..=[`MAX_TTL`].
+    #[error("TTL {ttl:?} outside the allowed range {min:?} ..= 90 days")]
+    TtlOutOfRange {
+        /// The requested lifetime.
+        ttl: Duration,
+        /// The CA's minimum.
+        min: Duration,
+    },
+    /// [`CaConfig::min_ttl`] is zero or above [`MAX_TTL`].
+    #[error("minimum TTL {0:?} must be at least 1 s and at most 90 days")]
+    BadMinTtl(Duration),
     /// The signing certificate expires too soon to issue anything useful.
     #[error("signing certificate expires at {not_after_secs} s since epoch; rotate the CA")]
     SigningCertExpiring {
@@ -170,14 +179,31 @@ pub struct CaConfig {
     pub trust_domain: OwnedTrustDomain,
     /// Lifetime of certificates issued without an explicit TTL.
     pub default_ttl: Duration,
+    /// Shortest lifetime issued ([`MIN_TTL`], 60 s, by default). Lowered
+    /// only by tests that need many rotations in minutes: a certificate
+    /// that short leaves no room for a failed renewal in production.
+    pub min_ttl: Duration,
 }
 
 impl CaConfig {
-    /// Settings with the default TTL (24 h).
+    /// Settings with the default TTL (24 h) and minimum TTL (60 s).
     pub fn new(trust_domain: OwnedTrustDomain) -> Self {
         CaConfig {
             trust_domain,
             default_ttl: DEFAULT_TTL,
+            min_ttl: MIN_TTL,
+        }
+    }
+
+    /// Refuses a lifetime outside `min_ttl ..= MAX_TTL`.
+    fn validate_ttl(&self, ttl: Duration) -> Result<(), CaError> {
+        if (self.min_ttl..=MAX_TTL).contains(&ttl) {
+            Ok(())
+        } else {
+            Err(CaError::TtlOutOfRange {
+                ttl,
+                min: self.min_ttl,
+            })
         }
     }
 }
@@ -447,14 +473,6 @@ fn material_key(root: &str, what: &str) -> Result<RecordKey, CaError> {
     key(format!("ca.{root}.{what}"))
 }
 
-fn validate_ttl(ttl: Duration) -> Result<(), CaError> {
-    if (MIN_TTL..=MAX_TTL).contains(&ttl) {
-        Ok(())
-    } else {
-        Err(CaError::TtlOutOfRange(ttl))
-    }
-}
-
 fn ca_name(kind: &str, td: &OwnedTrustDomain, id: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "meshgate");
@@ -488,7 +506,10 @@ impl CertificateAuthority {
         now: UnixTime,
         actor: &str,
     ) -> Result<Self, CaError> {
-        validate_ttl(config.default_ttl)?;
+        if config.min_ttl.is_zero() || config.min_ttl > MAX_TTL {
+            return Err(CaError::BadMinTtl(config.min_ttl));
+        }
+        config.validate_ttl(config.default_ttl)?;
         let rng = SystemRandom::new();
         let state: Option<CaState> = get_json(&*store, &key(STATE_KEY)?)?;
         let state = match state {
@@ -612,7 +633,7 @@ impl CertificateAuthority {
             });
         }
         let ttl = ttl.unwrap_or(self.config.default_ttl);
-        validate_ttl(ttl)?;
+        self.config.validate_ttl(ttl)?;
 
         // Lock order: `inner`, then `revocations`. Checking the revocation
         // under `inner` means a concurrent `revoke_spiffe_id` (which also
@@ -625,7 +646,7 @@ impl CertificateAuthority {
         let signer = &inner.signer;
         let not_before = now.saturating_sub(BACKDATE).max(signer.not_before);
         let not_after = now.saturating_add(ttl).min(signer.not_after);
-        if not_after < now.saturating_add(MIN_TTL) {
+        if not_after < now.saturating_add(self.config.min_ttl) {
             return Err(CaError::SigningCertExpiring {
                 not_after_secs: signer.not_after.as_secs(),
             });

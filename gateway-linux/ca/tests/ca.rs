@@ -318,7 +318,10 @@ fn ttl_bounds_are_enforced() {
         Duration::from_secs(90 * 86_400 + 1),
     ] {
         match ca.issue_with_new_key(&w, Some(bad), now(), "test") {
-            Err(CaError::TtlOutOfRange(d)) => assert_eq!(d, bad),
+            Err(CaError::TtlOutOfRange { ttl, min }) => {
+                assert_eq!(ttl, bad);
+                assert_eq!(min, Duration::from_secs(60));
+            }
             other => panic!("expected TtlOutOfRange, got {other:?}"),
         }
     }
@@ -335,8 +338,38 @@ fn ttl_bounds_are_enforced() {
     cfg.default_ttl = Duration::from_secs(30);
     assert!(matches!(
         CertificateAuthority::open(Arc::new(store), cfg, &CaSource::Generate, now(), "t"),
-        Err(CaError::TtlOutOfRange(_))
+        Err(CaError::TtlOutOfRange { .. })
     ));
+}
+
+#[test]
+fn a_lowered_minimum_ttl_allows_short_test_certificates_and_nothing_shorter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = FileStore::open(dir.path()).expect("store");
+    let mut cfg = config();
+    cfg.min_ttl = Duration::from_secs(20);
+    let ca = CertificateAuthority::open(Arc::new(store), cfg, &CaSource::Generate, now(), "t")
+        .expect("open");
+    let w = id(WORKLOAD);
+    let (issued, _) = ca
+        .issue_with_new_key(&w, Some(Duration::from_secs(20)), now(), "test")
+        .expect("20 s is allowed");
+    assert_eq!(issued.not_after.as_secs() - T0, 20);
+    assert!(matches!(
+        ca.issue_with_new_key(&w, Some(Duration::from_secs(19)), now(), "test"),
+        Err(CaError::TtlOutOfRange { min, .. }) if min == Duration::from_secs(20)
+    ));
+    // A zero minimum would allow certificates that expire as issued.
+    for bad in [Duration::ZERO, Duration::from_secs(91 * 86_400)] {
+        let other = tempfile::tempdir().expect("tempdir");
+        let (store, _) = FileStore::open(other.path()).expect("store");
+        let mut cfg = config();
+        cfg.min_ttl = bad;
+        assert!(matches!(
+            CertificateAuthority::open(Arc::new(store), cfg, &CaSource::Generate, now(), "t"),
+            Err(CaError::BadMinTtl(d)) if d == bad
+        ));
+    }
 }
 
 #[test]
