@@ -166,7 +166,18 @@ fn serve_upstream(conn: TcpStream, seen: &Mutex<Vec<HashMap<String, String>>>, b
                 if k == "content-length" {
                     content_length = v.parse().unwrap_or(0);
                 }
-                headers.insert(k, v);
+                // A repeated field is kept as one comma-joined value, so a
+                // test sees that it was sent twice.
+                match headers.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        let joined: &mut String = o.get_mut();
+                        joined.push_str(", ");
+                        joined.push_str(&v);
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(v);
+                    }
+                }
             }
         }
         if content_length > 0 {
@@ -646,22 +657,25 @@ pub fn python(code: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `openssl ARGS` in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Makes a certificate from a CA that is NOT the gateway's (openssl), with
 /// a mesh SPIFFE ID, in `dir`: ca.pem, key.pem, chain.pem.
 pub fn foreign_cert(dir: &Path, spiffe_id: &str) -> CertFiles {
     std::fs::create_dir_all(dir).expect("dir");
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",

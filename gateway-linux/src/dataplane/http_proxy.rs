@@ -178,6 +178,17 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Refused> {
     let snapshot = ctx.shared.snapshot.load_full();
     let mut rec = Record::new(&ctx, &snapshot, &req);
+    // RFC 9112 §3.2: a request with more than one Host field is invalid and
+    // must get 400. Which of them counts differs between implementations,
+    // so accepting one would let a client be routed and authorized as one
+    // service while a later hop sees another.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        rec.decision("deny", "duplicate_host", None);
+        return Ok(rec.local(
+            StatusCode::BAD_REQUEST,
+            "meshgate: more than one Host header\n".to_owned(),
+        ));
+    }
     // A listener bound to one service (an edge node's forwarding rule)
     // sends every request there, whatever `Host` says: the legacy client
     // addressed the node, not the service.
@@ -217,7 +228,13 @@ async fn handle(
         }
     };
     rec.principal(admitted.principal);
-    let host_name = host.as_deref().map(|h| split_host_port(h).0);
+    // The name as routing saw it (`Snapshot::route` ignores one trailing
+    // dot), so that `details.` cannot slip past a `hosts` rule written for
+    // `details`; case is already ignored by the evaluator.
+    let host_name = host.as_deref().map(|h| {
+        let name = split_host_port(h).0;
+        name.strip_suffix('.').unwrap_or(name)
+    });
     let authz = snapshot.authorize(
         &route,
         &AuthzRequest {

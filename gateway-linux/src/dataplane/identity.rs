@@ -265,6 +265,49 @@ struct SpiffeClientVerifier {
     revocation: Option<Arc<dyn RevocationCheck>>,
 }
 
+impl SpiffeClientVerifier {
+    /// The TLS error for a certificate that chains to the trust bundle but
+    /// carries no acceptable SPIFFE ID. rustls derives the alert from the
+    /// error variant; `NotValidForName` is the one that sends
+    /// `bad_certificate` (42), the alert core's admission prescribes for a
+    /// foreign trust domain or a missing SPIFFE ID (`ApplicationVerification
+    /// Failure` would send `access_denied`). Its context carries the trust
+    /// domain that was expected and the URI SANs the certificate presented,
+    /// from which `peer::check_uri_sans` names the exact reason for the
+    /// access log and metrics.
+    fn spiffe_rejection(&self, end_entity: &CertificateDer<'_>) -> rustls::Error {
+        let presented = peer::uri_sans(end_entity).unwrap_or_default();
+        let error = match ServerName::try_from(self.trust_domain.borrow().as_str().to_owned()) {
+            Ok(expected) => CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            },
+            // A trust domain that is not a DNS-shaped name (SPIFFE allows
+            // `_`): same alert, reason reported as `bad_spiffe_id`.
+            Err(_) => CertificateError::NotValidForName,
+        };
+        rustls::Error::InvalidCertificate(error)
+    }
+}
+
+/// The access-log reason of a client certificate refused by
+/// [`SpiffeClientVerifier::spiffe_rejection`].
+pub(crate) fn spiffe_rejection_reason(
+    expected: &ServerName<'_>,
+    presented: &[String],
+) -> &'static str {
+    let expected = expected.to_str();
+    match meshgate_core::spiffe::TrustDomain::parse(&expected) {
+        Ok(td) => match peer::check_uri_sans(presented, td) {
+            Err(e) => e.reason(),
+            // The verifier only builds this error for a failed check; a
+            // passing re-check means the error came from elsewhere.
+            Ok(()) => "bad_spiffe_id",
+        },
+        Err(_) => "bad_spiffe_id",
+    }
+}
+
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -288,9 +331,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Err(e) = peer::check_workload_id(end_entity, self.trust_domain.borrow()) {
             tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
+            return Err(self.spiffe_rejection(end_entity));
         }
         if let Some(revocation) = &self.revocation {
             let peer = peer::peer_of(end_entity).map_err(|_| {

@@ -406,15 +406,31 @@ fn classify_handshake_error(e: &io::Error) -> &'static str {
         Error::NoCertificatesPresented => "certificate_required",
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
         Error::InvalidCertificate(CertificateError::Revoked) => "certificate_revoked",
-        Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
-            "bad_spiffe_id"
-        }
+        Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => super::identity::spiffe_rejection_reason(expected, presented),
         Error::InvalidCertificate(
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. },
+            CertificateError::ApplicationVerificationFailure | CertificateError::NotValidForName,
+        ) => "bad_spiffe_id",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "certificate_expired",
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "certificate_not_yet_valid",
+        Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        ) => "not_a_client_certificate",
+        // webpki's path-building errors without a rustls variant of their
+        // own arrive wrapped; the two role confusions get their own names.
+        Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::CaUsedAsEndEntity) => "ca_used_as_leaf",
+                Some(webpki::Error::EndEntityUsedAsCa) => "leaf_used_as_ca",
+                _ => "bad_certificate",
+            }
+        }
         Error::InvalidCertificate(_) => "bad_certificate",
         Error::PeerIncompatible(_) => "incompatible_client",
         Error::AlertReceived(_) => "client_alert",

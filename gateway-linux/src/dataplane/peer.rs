@@ -40,6 +40,21 @@ pub(crate) enum PeerIdError {
     },
 }
 
+impl PeerIdError {
+    /// The fixed-vocabulary refusal reason written to the access log and the
+    /// handshake-failure metric (SECURITY.md lists them).
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            PeerIdError::BadCertificate => "bad_certificate",
+            PeerIdError::NoUriSan => "no_spiffe_id",
+            PeerIdError::SeveralUriSans(_) => "several_uri_sans",
+            PeerIdError::NotSpiffe(_) => "not_spiffe_id",
+            PeerIdError::NotWorkloadId(_) => "not_a_workload_id",
+            PeerIdError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+        }
+    }
+}
+
 /// A verified peer certificate: its SPIFFE ID, the SHA-256 of the leaf
 /// (for the XFCC `Hash=` element) and its serial (for revocation by
 /// serial). Whether the ID is acceptable (trust domain, workload shape) is
@@ -57,7 +72,7 @@ pub(crate) struct PeerIdentity {
 pub(crate) fn peer_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerIdError> {
     let (_, cert) =
         X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
-    let uri = uri_san_of(&cert)?;
+    let uri = one_uri(uris_of(&cert)?)?;
     let spiffe_id = OwnedSpiffeId::parse(&uri).map_err(PeerIdError::NotSpiffe)?;
     let raw = cert.raw_serial();
     let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
@@ -75,8 +90,25 @@ pub(crate) fn check_workload_id(
     leaf: &CertificateDer<'_>,
     trust_domain: TrustDomain<'_>,
 ) -> Result<(), PeerIdError> {
-    let peer = peer_of(leaf)?;
-    let id = peer.spiffe_id.borrow();
+    let uris = uri_sans(leaf)?;
+    check_uri_sans(&uris, trust_domain)
+}
+
+/// The decision of [`check_workload_id`] over the URI SANs a certificate
+/// presented. It is separate so that the reason of a failed handshake can
+/// be named from the URIs the TLS error carries (see
+/// `identity::SpiffeClientVerifier`) with exactly the same rules.
+pub(crate) fn check_uri_sans<S: AsRef<str>>(
+    uris: &[S],
+    trust_domain: TrustDomain<'_>,
+) -> Result<(), PeerIdError> {
+    let uri = match uris {
+        [] => return Err(PeerIdError::NoUriSan),
+        [one] => one.as_ref(),
+        several => return Err(PeerIdError::SeveralUriSans(several.len())),
+    };
+    let spiffe_id = OwnedSpiffeId::parse(uri).map_err(PeerIdError::NotSpiffe)?;
+    let id = spiffe_id.borrow();
     if !id.is_member_of(trust_domain) {
         return Err(PeerIdError::ForeignTrustDomain {
             id: id.as_str().to_owned(),
@@ -88,30 +120,82 @@ pub(crate) fn check_workload_id(
     Ok(())
 }
 
-/// The one URI SAN of a certificate, as a string.
-pub(crate) fn single_uri_san(leaf: &CertificateDer<'_>) -> Result<String, PeerIdError> {
+/// Every URI SAN of a certificate (none when it has no subjectAltName).
+pub(crate) fn uri_sans(leaf: &CertificateDer<'_>) -> Result<Vec<String>, PeerIdError> {
     let (_, cert) =
         X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
-    uri_san_of(&cert)
+    uris_of(&cert)
 }
 
-fn uri_san_of(cert: &X509Certificate<'_>) -> Result<String, PeerIdError> {
-    let san = cert
+/// The one URI SAN of a certificate, as a string.
+pub(crate) fn single_uri_san(leaf: &CertificateDer<'_>) -> Result<String, PeerIdError> {
+    one_uri(uri_sans(leaf)?)
+}
+
+fn uris_of(cert: &X509Certificate<'_>) -> Result<Vec<String>, PeerIdError> {
+    let Some(san) = cert
         .subject_alternative_name()
         .map_err(|_| PeerIdError::BadCertificate)?
-        .ok_or(PeerIdError::NoUriSan)?;
-    let uris: Vec<&str> = san
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
         .value
         .general_names
         .iter()
         .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
+            GeneralName::URI(u) => Some((*u).to_owned()),
             _ => None,
         })
-        .collect();
-    match uris.as_slice() {
-        [] => Err(PeerIdError::NoUriSan),
-        [one] => Ok((*one).to_owned()),
-        several => Err(PeerIdError::SeveralUriSans(several.len())),
+        .collect())
+}
+
+fn one_uri(mut uris: Vec<String>) -> Result<String, PeerIdError> {
+    match uris.len() {
+        0 => Err(PeerIdError::NoUriSan),
+        1 => uris.pop().ok_or(PeerIdError::NoUriSan),
+        n => Err(PeerIdError::SeveralUriSans(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(uris: &[&str]) -> Result<(), &'static str> {
+        let td = TrustDomain::parse("cluster.local").expect("td");
+        check_uri_sans(uris, td).map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn uri_sans_are_judged_by_parsed_segments() {
+        assert_eq!(reason(&["spiffe://cluster.local/ns/a/sa/b"]), Ok(()));
+        assert_eq!(reason(&[]), Err("no_spiffe_id"));
+        assert_eq!(
+            reason(&[
+                "spiffe://cluster.local/ns/a/sa/b",
+                "spiffe://cluster.local/ns/a/sa/c"
+            ]),
+            Err("several_uri_sans")
+        );
+        for foreign in [
+            "spiffe://cluster.localx/ns/a/sa/b",
+            "spiffe://evil.local/ns/a/sa/b",
+            "spiffe://local/ns/a/sa/b",
+        ] {
+            assert_eq!(reason(&[foreign]), Err("foreign_trust_domain"), "{foreign}");
+        }
+        assert_eq!(
+            reason(&["spiffe://cluster.local/admin"]),
+            Err("not_a_workload_id")
+        );
+        assert_eq!(
+            reason(&["https://cluster.local/ns/a/sa/b"]),
+            Err("not_spiffe_id")
+        );
+        assert_eq!(
+            reason(&["spiffe://CLUSTER.LOCAL/ns/a/sa/b"]),
+            Err("not_spiffe_id")
+        );
     }
 }
