@@ -104,6 +104,18 @@ impl NodeState {
     }
 }
 
+/// The validity a fresh certificate's renewal is scheduled on: from the
+/// moment it was installed (`now`, the gateway's clock) rather than from
+/// its `not_before`, which the CA backdates (a minute, for peers whose
+/// clocks lag). On a short-lived certificate the backdating is a large
+/// part of the stated lifetime: a 60 s certificate backdated by 60 s is
+/// "half expired" when issued, and renewing at 50 % of the stated lifetime
+/// would re-issue it at once, over and over. `None` when the certificate
+/// is already expired at `now`.
+fn schedule_from_issuance(stated: Validity, now: UnixTime) -> Option<Validity> {
+    Validity::new(stated.not_before().max(now), stated.not_after()).ok()
+}
+
 /// What the application must act on.
 #[expect(
     clippy::large_enum_variant,
@@ -360,6 +372,7 @@ impl Tunnel {
         let mut rotation = state.rotation;
         let accepted = Validity::try_from(cert)
             .ok()
+            .and_then(|v| schedule_from_issuance(v, wall))
             .is_some_and(|v| rotation.renewed(wall, v, rand).is_ok());
         if !accepted {
             state.rotation.renewal_failed(wall, rand);
@@ -667,10 +680,10 @@ mod tests {
         ca.sign(&rcgen::CertificateParams::default(), &Pub(spki))
     }
 
-    #[test]
-    fn enrollment_installs_certificate_and_ends_connection() {
+    /// Sends the enrollment request and delivers a certificate for its
+    /// CSR valid `not_before..not_after` (seconds); the node's event.
+    fn enroll_with(p: &mut Pair, not_before: u64, not_after: u64) -> Option<TunnelEvent<'static>> {
         let ca = TestCa::new("root");
-        let mut p = Pair::new(Purpose::Enroll);
         let mut buf = [0u8; 4096];
         let n = p
             .node
@@ -685,11 +698,17 @@ mod tests {
         let cert = meshgate_core::wire::Certificate {
             chain: BoundedList::from_slice(&[leaf.as_slice()]).unwrap(),
             roots: BoundedList::from_slice(&[ca.cert_der.as_slice()]).unwrap(),
-            not_before: UnixTime::from_secs(1990),
-            not_after: UnixTime::from_secs(1990 + 3600),
+            not_before: UnixTime::from_secs(not_before),
+            not_after: UnixTime::from_secs(not_after),
         };
+        p.deliver(Message::Certificate(cert))
+    }
+
+    #[test]
+    fn enrollment_installs_certificate_and_ends_connection() {
+        let mut p = Pair::new(Purpose::Enroll);
         assert_eq!(
-            p.deliver(Message::Certificate(cert)),
+            enroll_with(&mut p, 1990, 1990 + 3600),
             Some(TunnelEvent::CertificateInstalled)
         );
         assert!(p.state.creds.is_enrolled());
@@ -702,6 +721,34 @@ mod tests {
         let frames = p.node_frames();
         let (last, _) = parse_frame(frames.last().unwrap()).unwrap().unwrap();
         assert!(matches!(last, Message::Goodbye(_)));
+    }
+
+    /// The CA backdates `not_before` by a minute; on a 60 s certificate
+    /// renewal must still come ~30 s after issuance, not at once (which
+    /// would re-issue it every second).
+    #[test]
+    fn short_lived_backdated_certificate_renews_halfway_from_issuance() {
+        let mut p = Pair::new(Purpose::Enroll);
+        // Issued at 2000 s (the gateway's hello time) for 60 s, backdated 60 s.
+        assert_eq!(
+            enroll_with(&mut p, 1940, 2060),
+            Some(TunnelEvent::CertificateInstalled)
+        );
+        let at = p.state.rotation.renew_at().unwrap();
+        assert!(
+            (UnixTime::from_secs(2029)..=UnixTime::from_secs(2031)).contains(&at),
+            "renewal at {at:?}"
+        );
+        assert!(matches!(
+            p.state.rotation.poll(UnixTime::from_secs(2001)),
+            Action::Wait(_)
+        ));
+        // A certificate already expired at installation is refused.
+        let stated = Validity::new(UnixTime::from_secs(1940), UnixTime::from_secs(2060)).unwrap();
+        assert_eq!(
+            schedule_from_issuance(stated, UnixTime::from_secs(2060)),
+            None
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! [`TLS_MAX_PLAINTEXT`] bytes of plaintext so the node's embedded-tls
 //! needs ~4.5 KiB receive buffers instead of 16 KiB. A client certificate
 //! is requested but optional at the TLS layer; when present it must chain
-//! to the trust bundle and carry a workload SPIFFE ID of the mesh trust
-//! domain (the data plane's verifier), and the connection's purpose is
-//! decided by whether one was sent:
+//! to the trust bundle, the CA's intermediates supplied by the gateway
+//! (a node sends only its leaf: see `NodeClientVerifier`), and the
+//! connection's purpose is decided by whether one was sent:
 //!
 //! # Enrollment (no client certificate)
 //! Both sides send `Hello`; the node sends one `EnrollRequest{token, csr}`;
@@ -43,7 +43,10 @@ use meshgate_core::wire::{
     GoodbyeReason, Instant, MAX_FRAME_LEN, MeshTarget, Message, RevocationReason, Revoked, Role,
     Session, SessionConfig, StreamTarget, encode_frame, parse_frame,
 };
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -108,31 +111,155 @@ pub(crate) enum Cmd {
     Supersede,
 }
 
-/// The tunnel's TLS configuration, rebuilt when the identity rotates.
+/// The CA material a tunnel configuration is built from: the trust bundle
+/// and the intermediates node certificates may chain through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CaView {
+    roots: Vec<CertificateDer<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+}
+
+/// Intermediates remembered across signing switches (a node reconnecting
+/// with a certificate from the previous intermediate must still chain).
+const MAX_REMEMBERED_INTERMEDIATES: usize = 8;
+
+/// The tunnel's TLS configuration, rebuilt when the identity rotates or
+/// the CA's trust bundle or signing chain changes.
 #[derive(Default)]
 pub(crate) struct TlsConfigCache {
-    slot: Mutex<Option<(Arc<Identity>, Arc<ServerConfig>)>>,
+    slot: Mutex<Option<CachedConfig>>,
+}
+
+/// A built configuration and what it was built from.
+struct CachedConfig {
+    identity: Arc<Identity>,
+    ca: CaView,
+    config: Arc<ServerConfig>,
 }
 
 impl TlsConfigCache {
-    fn get(&self, identity: Arc<Identity>) -> Arc<ServerConfig> {
+    fn get(
+        &self,
+        identity: Arc<Identity>,
+        ca: &meshgate_ca::CertificateAuthority,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut slot = lock(&self.slot);
-        if let Some((id, cfg)) = &*slot
-            && Arc::ptr_eq(id, &identity)
-        {
-            return cfg.clone();
+        let mut view = CaView {
+            roots: ca.trust_bundle(),
+            intermediates: ca.signing_chain(),
+        };
+        if let Some(cached) = &*slot {
+            for old in &cached.ca.intermediates {
+                if view.intermediates.len() >= MAX_REMEMBERED_INTERMEDIATES {
+                    break;
+                }
+                if !view.intermediates.contains(old) {
+                    view.intermediates.push(old.clone());
+                }
+            }
+            if Arc::ptr_eq(&cached.identity, &identity) && cached.ca == view {
+                return Ok(cached.config.clone());
+            }
         }
-        // The data plane's PERMISSIVE/TCP configuration: TLS 1.3, the
-        // gateway certificate, optional client certificate verified against
-        // the trust bundle with the SPIFFE check, no ALPN.
-        let mut cfg = (*identity.server_config(false, crate::dataplane::Protocol::Tcp)).clone();
+        // The gateway certificate of the data plane's configuration (so
+        // rotation applies to new tunnels), TLS 1.3 only, and a client
+        // certificate requested but optional (enrollment has none).
+        let base = identity.server_config(false, crate::dataplane::Protocol::Tcp);
+        let provider = base.crypto_provider().clone();
+        let mut roots = RootCertStore::empty();
+        for r in &view.roots {
+            roots.add(r.clone())?;
+        }
+        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = Arc::new(NodeClientVerifier {
+            inner,
+            intermediates: view.intermediates.clone(),
+        });
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(base.cert_resolver.clone());
         cfg.max_fragment_size = Some(TLS_MAX_PLAINTEXT + TLS_RECORD_HEADER);
         // No resumption: a node reconnects rarely, and tickets cost it
         // bytes and code for nothing.
         cfg.send_tls13_tickets = 0;
         let cfg = Arc::new(cfg);
-        *slot = Some((identity, cfg.clone()));
-        cfg
+        *slot = Some(CachedConfig {
+            identity,
+            ca: view,
+            config: cfg.clone(),
+        });
+        Ok(cfg)
+    }
+}
+
+/// Verifies a node's client certificate: it must chain to the trust bundle
+/// (rustls' WebPKI verifier: signatures, validity, clientAuth usage).
+///
+/// A node's TLS stack (embedded-tls) sends exactly one certificate, its
+/// leaf, never the intermediates the CA signs through; so the verifier
+/// offers the CA's own intermediates as chain candidates. That widens
+/// nothing: they are the CA's public certificates, and the chain must
+/// still end at a root of the bundle. Who the certificate names is checked
+/// after the handshake (an enrolled, unrevoked node record), where a
+/// refusal can tell the node why.
+#[derive(Debug)]
+struct NodeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    intermediates: Vec<CertificateDer<'static>>,
+}
+
+impl ClientCertVerifier for NodeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut candidates: Vec<CertificateDer<'_>> = intermediates.to_vec();
+        for c in &self.intermediates {
+            if !candidates.contains(c) {
+                candidates.push(c.clone());
+            }
+        }
+        self.inner.verify_client_cert(end_entity, &candidates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -184,6 +311,8 @@ enum ConnError {
     Handshake(io::Error),
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
+    #[error("TLS configuration: {0}")]
+    TlsConfig(rustls::Error),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
     #[error("frame: {0}")]
@@ -211,7 +340,11 @@ async fn serve_conn(
     stop: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
     let identity = authenticated::current_identity(&server.dp);
-    let acceptor = TlsAcceptor::from(server.tls.get(identity));
+    let config = server
+        .tls
+        .get(identity, &server.ca)
+        .map_err(ConnError::TlsConfig)?;
+    let acceptor = TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(ConnError::Handshake(e)),
