@@ -408,10 +408,22 @@ pub(crate) enum CaCommand {
     Show(CaShowArgs),
     /// Roll the CA over to a new root without breaking existing clients.
     #[command(
-        long_about = "Roll the CA over to a new root: trust old and new roots together, \
-                            switch signing to the new root's intermediate, re-issue the \
-                            gateway's identity, and drop the old root once nothing it signed is \
-                            still valid (or at once with --force)."
+        long_about = "Roll the CA over to a new root without breaking existing clients, \
+                            in three phases that the gateway runs by itself (and continues \
+                            after a restart):\n\n\
+                            1. trust old and new roots together: the gateway accepts both, and \
+                            every certificate issued now carries both in its ca.pem, while the \
+                            old root keeps signing for the propagation period (workloads pick \
+                            the new root up on their own renewals);\n\
+                            2. switch signing to the new root's intermediate and re-issue the \
+                            gateway's identity;\n\
+                            3. drop the old root once nothing it signed is still valid.\n\n\
+                            `meshgate ca show` prints the phase. --force finishes the roll-over \
+                            in progress (or a new one) at once: it switches signing and drops \
+                            the old root even while certificates it signed are valid (for a \
+                            compromised root).",
+        after_help = "Examples:\n  meshgate ca rotate-root\n  meshgate ca rotate-root --propagation 2h\n  \
+                      meshgate ca rotate-root --force"
     )]
     RotateRoot(CaRotateArgs),
 }
@@ -431,9 +443,16 @@ pub(crate) struct CaShowArgs {
 /// `meshgate ca rotate-root`.
 #[derive(Debug, Args)]
 pub(crate) struct CaRotateArgs {
-    /// Drop the old root at once, even if certificates it signed are still valid.
+    /// Finish now: switch signing at once and drop the old root, even if
+    /// certificates it signed are still valid.
     #[arg(long)]
     pub(crate) force: bool,
+
+    /// How long old and new roots are trusted together before signing
+    /// switches, e.g. 30m, 12h (default: 60 % of the CA's default
+    /// certificate lifetime; 0 switches at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) propagation: Option<core::time::Duration>,
 
     /// Connection to the gateway.
     #[command(flatten)]

@@ -35,7 +35,10 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
             print_ca(&view, a.json)
         }
         Command::Ca(CaCommand::RotateRoot(a)) => {
-            let body = serde_json::to_vec(&RotateRootRequest { force: a.force })?;
+            let body = serde_json::to_vec(&RotateRootRequest {
+                force: a.force,
+                propagation_secs: a.propagation.map(|d| d.as_secs()),
+            })?;
             let view: CaView = connect(&a.admin)?
                 .call_json(
                     Method::POST,
@@ -44,7 +47,14 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
                     Bytes::from(body),
                 )
                 .await?;
-            println!("root rotation started; trust bundle now:");
+            println!(
+                "{}",
+                match (&view.rollover, a.force) {
+                    (_, true) => "root roll-over finished (forced):",
+                    (Some(_), false) => "root roll-over started:",
+                    (None, false) => "root roll-over finished:",
+                }
+            );
             print_ca(&view, false)
         }
     }
@@ -425,6 +435,10 @@ fn print_ca(view: &CaView, json: bool) -> anyhow::Result<()> {
         println!("  drop status: {}", r.drop_status);
     }
     println!("\nactive revocations: {}", view.active_revocations);
+    match &view.rollover {
+        Some(r) => println!("root roll-over: {}", r.description),
+        None => println!("root roll-over: none in progress"),
+    }
     Ok(())
 }
 

@@ -149,6 +149,8 @@ impl IdentityManager {
         tracing::info!(
             spiffe_id = id.as_str(),
             serial = %issued.serial,
+            root = %issued.root_id,
+            trusted_roots = issued.trust_bundle.len(),
             not_after = issued.not_after.as_secs(),
             renew_at = self.rotation.renew_at().map_or(0, UnixTime::as_secs),
             "gateway certificate installed"

@@ -52,8 +52,9 @@ use crate::state::{
 /// and keeps the "within 1 s" promise with room to spare.
 const POLL_INTERVAL: core::time::Duration = core::time::Duration::from_millis(250);
 
-/// How often retired CA roots are checked for removal.
-const ROOT_CHECK_INTERVAL: core::time::Duration = core::time::Duration::from_secs(30);
+/// How often a root roll-over is moved on (a check under the CA's lock;
+/// it writes only when a phase changes).
+const ROLLOVER_CHECK_INTERVAL: core::time::Duration = core::time::Duration::from_secs(1);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -550,10 +551,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(ROOT_CHECK_INTERVAL) => {
+                    _ = tokio::time::sleep(ROLLOVER_CHECK_INTERVAL) => {
                         // Singleton work: only the Lease holder in Kubernetes mode.
                         let lead = leader.as_ref().is_none_or(|l| *l.borrow());
-                        if lead && admin::ca_api::drop_retired_roots(&ca) {
+                        if lead && admin::ca_api::advance_rollover(&ca) {
                             identity.renew_now();
                         }
                     }

@@ -148,16 +148,38 @@ fn ca_show_and_rotate_root() {
     assert!(show.contains("sha256:"), "{show}");
     // The gateway's own identity was issued at start.
     assert!(show.contains("issued:      1"), "{show}");
+    assert!(show.contains("root roll-over: none in progress"), "{show}");
 
+    // Phase 1: the new root is trusted next to the old one, which signs.
     let out = gw.cli(&["ca", "rotate-root"]);
     let (rot, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(rot.contains("root root-2 (signing)"), "{rot}");
+    assert!(rot.contains("root roll-over started"), "{rot}");
+    assert!(rot.contains("root root-1 (signing)"), "{rot}");
+    assert!(rot.contains("root root-2\n"), "new root trusted: {rot}");
+    assert!(rot.contains("drop status: incoming"), "{rot}");
+    assert!(rot.contains("root roll-over: phase 1/3"), "{rot}");
+    let (show, _) = text(&gw.cli(&["ca", "show"]));
+    assert!(show.contains("root roll-over: phase 1/3"), "{show}");
+
+    // One roll-over at a time.
+    let out = gw.cli(&["ca", "rotate-root"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("in progress"), "{stderr}");
+
+    // --force finishes it: switch and drop the old root at once.
+    let out = gw.cli(&["ca", "rotate-root", "--force"]);
+    let (forced, _) = text(&out);
+    assert!(out.status.success());
     assert!(
-        rot.contains("root root-1\n"),
-        "old root still trusted: {rot}"
+        forced.contains("root root-2 (signing)") && !forced.contains("root root-1"),
+        "{forced}"
     );
-    assert!(rot.contains("in use until"), "{rot}");
+    assert!(
+        forced.contains("root roll-over: none in progress"),
+        "{forced}"
+    );
 
     // The gateway re-issues its own identity under the new root.
     assert!(
@@ -173,12 +195,13 @@ fn ca_show_and_rotate_root() {
         "identity not re-issued under the new root"
     );
 
-    // --force drops the old root at once.
-    let out = gw.cli(&["ca", "rotate-root", "--force"]);
-    let (forced, _) = text(&out);
-    assert!(out.status.success());
-    assert!(
-        forced.contains("root root-3 (signing)") && !forced.contains("root root-2"),
-        "{forced}"
-    );
+    // A zero propagation period switches at once; the old root stays
+    // trusted while the certificate it signed for the gateway is valid.
+    let out = gw.cli(&["ca", "rotate-root", "--propagation", "0"]);
+    let (now, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(now.contains("root root-3 (signing)"), "{now}");
+    assert!(now.contains("root root-2\n"), "{now}");
+    assert!(now.contains("in use until"), "{now}");
+    assert!(now.contains("root roll-over: phase 2/3"), "{now}");
 }

@@ -4,8 +4,10 @@
 //!   clients' certificates (re-issued from CSRs by `meshgate cert issue`
 //!   through the admin API): zero failed requests, and the served serials
 //!   prove the certificate changed;
-//! - root roll-over (`meshgate ca rotate-root`) under traffic from clients
-//!   holding old-root and new-root certificates: zero failed requests;
+//! - root roll-over (`meshgate ca rotate-root`: trust both → switch →
+//!   drop) under traffic from clients holding old-root and new-root
+//!   certificates and refreshing their trust bundle on renewal: zero failed
+//!   requests; the roll-over phase survives kill -9;
 //! - no workload private key is ever written to the data directory.
 //!
 //! Length and TTL of the rotation test: `MESHGATE_E2E_ROTATION_SECS`
@@ -91,8 +93,8 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
     // issuance it uses, one request per connection (so every handshake
     // sees the certificate the gateway serves at that moment).
     let clients = serde_json::json!([
-        {"name": "a", "tls": true, "cert_dir": link, "verify": true},
-        {"name": "b", "tls": true, "cert_dir": link, "verify": true},
+        {"name": "a", "tls": true, "cert_dir": link, "verify": true, "pause": 0.01},
+        {"name": "b", "tls": true, "cert_dir": link, "verify": true, "pause": 0.01},
     ]);
     let traffic = Traffic::start(&gw, DETAILS_HOST, "/details/0", &clients, run * 2);
     // Re-issue the clients' certificate (new key, new CSR) at half its
@@ -199,88 +201,299 @@ fn mtls_traffic_across_gateway_and_client_certificate_rotations() {
     );
 }
 
+/// `(serial, root)` of every certificate the gateway logged as installed.
+fn installed_with_roots(gw: &Gateway) -> Vec<(String, String)> {
+    gw.stderr_text()
+        .lines()
+        .filter(|l| l.contains("gateway certificate installed"))
+        .filter_map(|l| {
+            let serial = l.split("serial").nth(1).and_then(|r| {
+                r.split(|c: char| !c.is_ascii_hexdigit())
+                    .find(|t| t.len() >= 16)
+            })?;
+            let at = l.find("root-")?;
+            let root: String = l[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            Some((serial.trim_start_matches('0').to_owned(), root))
+        })
+        .collect()
+}
+
+/// The root (`root-N`) a certificate file chains to, from its issuer (the
+/// intermediate is named after its root).
+fn issuing_root(cert_pem: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-issuer", "-in", cert_pem])
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("root-").expect("issuer names its root");
+    text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+/// The roll-over phase `ca show --json` reports (0 when none).
+fn phase(view: &serde_json::Value) -> u64 {
+    view["rollover"]["phase"].as_u64().unwrap_or(0)
+}
+
+/// Issue 4's roll-over Show: "trust both → switch → drop" under continuous
+/// traffic. Two workloads renew their certificates (and with them their
+/// trust bundle, ca.pem) at half their 30 s lifetime, staggered, as real
+/// workloads do; every request verifies the gateway with the bundle of the
+/// issuance it uses. Phase 1 trusts both roots while root-1 signs for a
+/// 20 s propagation period (longer than the renewal interval, so every
+/// workload has the new root before the switch); phase 2 signs with root-2
+/// while certificates from both roots are in use; phase 3 drops root-1
+/// once nothing it signed is valid. Zero failed requests throughout.
 #[test]
-fn root_rollover_under_traffic_from_old_and_new_root_clients() {
-    let gw = Gateway::start();
-    let old = gw.issue_cert(SLEEP_ID, &gw.dir.path().join("old-root"), None);
-    let before = gw.api_get("/api/v1/ca");
-    let old_root = before["signing_root"].as_str().expect("root").to_owned();
-    // The old-root client presents its old-root certificate throughout.
-    // It does not verify the gateway: its ca.pem holds only the old root,
-    // and `rotate-root` switches the gateway's own certificate to the new
-    // root at once (see the report: trust distribution gap).
-    let old_clients = serde_json::json!([
-        {"name": "old", "tls": true, "cert_dir": old.dir, "verify": false},
+fn root_rollover_trust_both_switch_drop_under_traffic() {
+    let gw = Gateway::start_with(GatewayOptions {
+        env: vec![
+            ("MESHGATE_UNSAFE_CERT_TTL_SECS".into(), "20".into()),
+            ("MESHGATE_UNSAFE_MIN_TTL_SECS".into(), "20".into()),
+        ],
+        ..GatewayOptions::default()
+    });
+    let client_ttl = Duration::from_secs(30);
+    let renew_every = client_ttl / 2;
+    let certs = gw.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("dir");
+    // (name, identity, first renewal offset)
+    let workloads = [
+        ("a", PRODUCTPAGE_ID, renew_every),
+        ("b", SLEEP_ID, renew_every / 2),
+    ];
+    let mut issued_roots: std::collections::HashMap<String, String> = Default::default();
+    let mut issue = |name: &str, spiffe_id: &str, k: usize| {
+        let dir = certs.join(format!("{name}-{k}"));
+        let c = gw.issue_cert(spiffe_id, &dir, Some("30s"));
+        let root = issuing_root(&c.file("cert.pem"));
+        let resolved = std::fs::canonicalize(&dir).expect("canonical");
+        issued_roots.insert(resolved.to_string_lossy().into_owned(), root);
+        swap_symlink(&certs.join(name), &dir);
+    };
+    for (name, spiffe_id, _) in &workloads {
+        issue(name, spiffe_id, 0);
+    }
+    let clients = serde_json::json!([
+        {"name": "a", "tls": true, "cert_dir": certs.join("a"), "verify": true, "pause": 0.01},
+        {"name": "b", "tls": true, "cert_dir": certs.join("b"), "verify": true, "pause": 0.01},
     ]);
-    let t_old = Traffic::start(
+    let traffic = Traffic::start(
         &gw,
         DETAILS_HOST,
         "/details/0",
-        &old_clients,
-        Duration::from_secs(30),
+        &clients,
+        Duration::from_secs(150),
     );
-    std::thread::sleep(Duration::from_secs(2));
-    let out = gw.cli(&["ca", "rotate-root"]);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let out = gw.cli(&["ca", "rotate-root", "--propagation", "20s"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "rotate-root: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A client enrolled after the switch: new-root certificate, and a
-    // trust bundle with both roots, verifying the gateway.
-    let new = gw.issue_cert(PRODUCTPAGE_ID, &gw.dir.path().join("new-root"), None);
-    let new_clients = serde_json::json!([
-        {"name": "new", "tls": true, "cert_dir": new.dir, "verify": true},
-    ]);
-    let t_new = Traffic::start(
-        &gw,
-        DETAILS_HOST,
-        "/details/0",
-        &new_clients,
-        Duration::from_secs(30),
+    assert!(
+        text.contains("root roll-over started") && text.contains("phase 1/3"),
+        "{text}"
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let mut records = t_old.stop();
-    records.extend(t_new.stop());
+    let v = gw.api_get("/api/v1/ca");
+    assert_eq!(phase(&v), 1, "{v}");
+    assert_eq!(v["signing_root"], "root-1", "the old root signs in phase 1");
+    assert_eq!(v["roots"].as_array().map(Vec::len), Some(2), "{v}");
+    let show = gw.cli(&["ca", "show"]);
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.contains("root roll-over: phase 1/3"), "{show}");
 
-    let after = gw.api_get("/api/v1/ca");
-    let roots = after["roots"].as_array().expect("roots");
-    assert_eq!(
-        roots.len(),
-        2,
-        "old and new roots trusted together: {after}"
-    );
-    assert_ne!(after["signing_root"], old_root.as_str());
+    // Renew on schedule; watch the phases (wall-clock times of each).
+    let mut next_renewal: Vec<Duration> = workloads.iter().map(|w| w.2).collect();
+    let mut renewals = vec![1usize; workloads.len()];
+    let mut phase_seen: Vec<(f64, u64, String, usize)> = Vec::new();
+    let mut phase2_show = None;
+    let deadline = Duration::from_secs(120);
+    let mut last_progress = Duration::ZERO;
+    loop {
+        let now = start.elapsed();
+        assert!(
+            now < deadline,
+            "the roll-over did not finish within {deadline:?}: {phase_seen:?}"
+        );
+        for (i, (name, spiffe_id, _)) in workloads.iter().enumerate() {
+            if now >= next_renewal[i] {
+                issue(name, spiffe_id, renewals[i]);
+                renewals[i] += 1;
+                next_renewal[i] += renew_every;
+            }
+        }
+        let v = gw.api_get("/api/v1/ca");
+        let p = phase(&v);
+        let signing = v["signing_root"].as_str().unwrap_or_default().to_owned();
+        let roots = v["roots"].as_array().map_or(0, Vec::len);
+        if phase_seen
+            .last()
+            .is_none_or(|l| (l.1, &l.2, l.3) != (p, &signing, roots))
+        {
+            eprintln!(
+                "root roll-over: {:>5.1} s: phase {p}, signing {signing}, {roots} roots",
+                now.as_secs_f64()
+            );
+            phase_seen.push((meshgate_e2e::wall_now(), p, signing, roots));
+        }
+        if p == 2 && phase2_show.is_none() {
+            let o = gw.cli(&["ca", "show"]);
+            phase2_show = Some(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        if now - last_progress >= Duration::from_secs(10) {
+            eprintln!(
+                "root roll-over: {:>5.1} s: {} requests so far",
+                now.as_secs_f64(),
+                traffic.count()
+            );
+            last_progress = now;
+        }
+        if p == 0 && roots == 1 && phase_seen.iter().any(|s| s.1 == 2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Traffic goes on a little after the old root is gone.
+    std::thread::sleep(Duration::from_secs(5));
+    let records = traffic.stop();
+
+    let switched = phase_seen
+        .iter()
+        .find(|s| s.1 == 2)
+        .map(|s| s.0)
+        .expect("phase 2 seen");
+    let dropped = phase_seen.last().map(|s| s.0).expect("end seen");
+    let root_of = |r: &meshgate_e2e::Record| {
+        r.cert_dir
+            .as_ref()
+            .and_then(|d| issued_roots.get(d))
+            .cloned()
+            .unwrap_or_default()
+    };
     let failed: Vec<_> = records.iter().filter(|r| r.status != Some(200)).collect();
-    let served: BTreeSet<&str> = records
+    let in_phase2 = |r: &&meshgate_e2e::Record| r.t0 > switched && r.t1 < dropped;
+    let old_in_2 = records
+        .iter()
+        .filter(in_phase2)
+        .filter(|r| root_of(r) == "root-1")
+        .count();
+    let new_in_2 = records
+        .iter()
+        .filter(in_phase2)
+        .filter(|r| root_of(r) == "root-2")
+        .count();
+    let installed = installed_with_roots(&gw);
+    let served_root = |serial: &str| {
+        installed
+            .iter()
+            .find(|(s, _)| s == serial.trim_start_matches('0'))
+            .map(|(_, r)| r.clone())
+    };
+    let served_roots: BTreeSet<String> = records
         .iter()
         .filter_map(|r| r.peer_serial.as_deref())
+        .filter_map(served_root)
         .collect();
-    let count = |name: &str| records.iter().filter(|r| r.client == name).count();
     eprintln!(
-        "root roll-over: requests={} (old-root client {}, new-root client {}) failed={} gateway serials served={served:?}",
+        "root roll-over: requests={} failed={} phase-2 requests with root-1 client certificates={old_in_2}, with root-2={new_in_2}; gateway certificates served from {served_roots:?}; phases {:?}",
         records.len(),
-        count("old"),
-        count("new"),
-        failed.len()
+        failed.len(),
+        phase_seen
+            .iter()
+            .map(|s| (s.1, s.2.as_str(), s.3))
+            .collect::<Vec<_>>()
     );
     assert!(
         failed.is_empty(),
-        "failed: {:?}",
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        records.len(),
         &failed[..failed.len().min(5)]
     );
-    assert!(count("new") > 10 && count("old") > 10);
+    let phase2_show = phase2_show.expect("ca show in phase 2");
     assert!(
-        served.len() >= 2,
-        "the gateway's certificate was re-issued under the new root"
+        phase2_show.contains("root roll-over: phase 2/3"),
+        "{phase2_show}"
     );
-    // The old-root certificate is still accepted after the switch.
-    let last_old = records
-        .iter()
-        .filter(|r| r.client == "old")
-        .max_by(|a, b| a.t0.total_cmp(&b.t0))
-        .expect("old");
-    assert_eq!(last_old.status, Some(200));
+    assert!(
+        old_in_2 > 0 && new_in_2 > 0,
+        "in phase 2 clients held certificates of both roots (root-1: {old_in_2}, root-2: {new_in_2})"
+    );
+    assert_eq!(
+        served_roots,
+        BTreeSet::from(["root-1".to_owned(), "root-2".to_owned()]),
+        "the gateway served a root-1 certificate, then a root-2 one"
+    );
+    let end = gw.api_get("/api/v1/ca");
+    assert_eq!(end["signing_root"], "root-2");
+    assert_eq!(end["roots"].as_array().map(Vec::len), Some(1), "{end}");
+    assert!(end.get("rollover").is_none(), "{end}");
+    // Only the new root in the bundle of a certificate issued now.
+    let last = gw.issue_cert(PRODUCTPAGE_ID, &certs.join("after"), Some("30s"));
+    let ca_pem = std::fs::read_to_string(last.file("ca.pem")).expect("ca.pem");
+    assert_eq!(ca_pem.matches("BEGIN CERTIFICATE").count(), 1);
+}
+
+/// A roll-over is persisted: after kill -9 in phase 1 the restarted gateway
+/// still trusts both roots, switches signing when the propagation period
+/// ends, refuses a second roll-over, and `--force` finishes it.
+#[test]
+fn root_rollover_continues_after_kill_9() {
+    let mut gw = Gateway::start();
+    let out = gw.cli(&["ca", "rotate-root", "--propagation", "8s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.kill9();
+    gw.spawn();
+    let v = gw.api_get("/api/v1/ca");
+    assert_eq!(phase(&v), 1, "phase 1 survives kill -9: {v}");
+    assert_eq!(v["signing_root"], "root-1");
+    assert_eq!(v["roots"].as_array().map(Vec::len), Some(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = gw.api_get("/api/v1/ca");
+        if phase(&v) == 2 {
+            assert_eq!(v["signing_root"], "root-2", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch after restart: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The gateway's own certificate moves to the new root.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !installed_with_roots(&gw).iter().any(|(_, r)| r == "root-2") {
+        assert!(
+            Instant::now() < deadline,
+            "identity not re-issued under root-2"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = gw.cli(&["ca", "rotate-root"]);
+    assert!(!out.status.success(), "a second roll-over is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in progress"), "{err}");
+    let out = gw.cli(&["ca", "rotate-root", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("finished (forced)"), "{text}");
+    let v = gw.api_get("/api/v1/ca");
+    assert_eq!(v["roots"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["signing_root"], "root-2");
+    assert!(v.get("rollover").is_none(), "{v}");
 }
 
 /// Public keys (PEM, from openssl) of every private key found in `dir`.

@@ -6,7 +6,7 @@
 //!
 //! | record                    | content                                        |
 //! |---------------------------|------------------------------------------------|
-//! | `ca.state`                | trusted roots (PEM, origin), the signing root  |
+//! | `ca.state`                | trusted roots (PEM, origin), the signing root, the roll-over phase |
 //! | `ca.<root>.root-key.pem`  | generated root's private key (PKCS#8 PEM)      |
 //! | `ca.<root>.signing-key.pem` | generated intermediate's private key         |
 //! | `ca.<root>.signing-cert.pem` | generated intermediate certificate          |
@@ -163,6 +163,16 @@ pub enum CaError {
         /// When its last certificate expires, seconds since the epoch.
         until_secs: u64,
     },
+    /// A root roll-over is already running.
+    #[error(
+        "a root roll-over is in progress ({0}); wait for it to finish or finish it now with force"
+    )]
+    RolloverInProgress(String),
+    /// `rotate-root` would replace a plugged-in CA with a generated one.
+    #[error(
+        "the signing root is a plugged-in CA ({0}); rolling it over to a generated root would leave your PKI (and the next start with --cacerts would refuse the state)"
+    )]
+    PluggedRollover(String),
     /// The serial is not in the index of issued certificates.
     #[error("no unexpired certificate with serial {0} was issued by this CA")]
     UnknownSerial(Serial),
@@ -278,6 +288,125 @@ struct CaState {
     roots: Vec<RootRecord>,
     signing: String,
     next_root: u32,
+    /// The root roll-over in progress. Every phase change is one write of
+    /// this record, so a restart continues where the roll-over was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollover: Option<Rollover>,
+}
+
+/// A root roll-over in progress ("trust both → switch → drop"), kept in
+/// `ca.state`.
+///
+/// 1. [`TrustBoth`](Self::TrustBoth): the new root is in the trust bundle
+///    next to the old one — the gateway accepts both, and every certificate
+///    issued now carries both in its bundle — while the old root's
+///    intermediate still signs. Workloads pick the new root up on their own
+///    renewals during the propagation period.
+/// 2. [`DropOld`](Self::DropOld): signing switched to the new root's
+///    intermediate (the gateway re-issues its own certificate); the old
+///    root stays trusted while anything it signed may still be valid.
+/// 3. The old root is dropped and the roll-over record removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Rollover {
+    /// Phase 1: both roots trusted, the old one signs.
+    TrustBoth {
+        /// The root being replaced (signing).
+        old_root: String,
+        /// The new root (trusted, not signing yet).
+        new_root: String,
+        /// When the roll-over started.
+        started_at: UnixTime,
+        /// When signing switches to the new root.
+        switch_at: UnixTime,
+    },
+    /// Phase 2: the new root signs; the old one is still trusted.
+    DropOld {
+        /// The retired root, dropped once nothing it signed is valid.
+        old_root: String,
+        /// The signing root.
+        new_root: String,
+        /// When the roll-over started.
+        started_at: UnixTime,
+        /// When signing switched.
+        switched_at: UnixTime,
+    },
+}
+
+impl Rollover {
+    /// 1 or 2 (phase 3 removes the record).
+    pub fn phase(&self) -> u8 {
+        match self {
+            Rollover::TrustBoth { .. } => 1,
+            Rollover::DropOld { .. } => 2,
+        }
+    }
+
+    /// The phase's name as the API reports it.
+    pub fn phase_name(&self) -> &'static str {
+        match self {
+            Rollover::TrustBoth { .. } => "trust_both",
+            Rollover::DropOld { .. } => "drop_old",
+        }
+    }
+
+    /// The root being replaced.
+    pub fn old_root(&self) -> &str {
+        match self {
+            Rollover::TrustBoth { old_root, .. } | Rollover::DropOld { old_root, .. } => old_root,
+        }
+    }
+
+    /// The root taking over.
+    pub fn new_root(&self) -> &str {
+        match self {
+            Rollover::TrustBoth { new_root, .. } | Rollover::DropOld { new_root, .. } => new_root,
+        }
+    }
+}
+
+impl core::fmt::Display for Rollover {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Rollover::TrustBoth {
+                old_root,
+                new_root,
+                switch_at,
+                ..
+            } => write!(
+                f,
+                "phase 1/3: trusting {old_root} and {new_root}, {old_root} signs; signing switches to {new_root} at {}",
+                format_time(*switch_at)
+            ),
+            Rollover::DropOld {
+                old_root, new_root, ..
+            } => write!(
+                f,
+                "phase 2/3: {new_root} signs; {old_root} stays trusted until nothing it signed is valid"
+            ),
+        }
+    }
+}
+
+/// What one [`CertificateAuthority::advance_rollover`] or
+/// [`CertificateAuthority::finish_rollover`] call changed. Each step
+/// changes the trust bundle or the signing root, so the gateway re-issues
+/// its own certificate after any of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloverStep {
+    /// Phase 2 began: new certificates chain to `new_root`.
+    Switched {
+        /// The new signing root.
+        new_root: String,
+    },
+    /// Phase 3: `old_root` left the trust bundle; the roll-over is over.
+    Dropped {
+        /// The dropped root.
+        old_root: String,
+        /// True when it was dropped while certificates it signed were
+        /// still valid.
+        forced: bool,
+    },
 }
 
 /// Per-root issuance statistics, kept for as long as the root is trusted.
@@ -403,6 +532,8 @@ pub enum DropStatus {
     },
     /// Nothing this CA issued under it is still valid.
     Ready,
+    /// The new root of a roll-over in phase 1: trusted, signing soon.
+    Incoming,
 }
 
 /// One trusted root, as `meshgate ca show` prints it.
@@ -445,6 +576,8 @@ pub struct CaSummary {
     pub roots: Vec<RootSummary>,
     /// Revocations currently enforced.
     pub active_revocations: usize,
+    /// The root roll-over in progress.
+    pub rollover: Option<Rollover>,
 }
 
 /// The certificate authority. All methods take `&self`; issuance is
@@ -537,6 +670,7 @@ impl CertificateAuthority {
                     roots: vec![record],
                     signing: root_id,
                     next_root: 2,
+                    rollover: None,
                 };
                 put_json(&*store, &key(STATE_KEY)?, &state, &change)?;
                 state
@@ -749,7 +883,8 @@ impl CertificateAuthority {
         };
         store_generated(&*self.store, &id, &g, &change)?;
         let record = root_record(&id, RootOrigin::Generated, &g.root, now);
-        self.commit_new_root(&mut inner, record, &change)?;
+        let rollover = inner.state.rollover.clone();
+        self.commit_new_root(&mut inner, record, rollover, &change)?;
         Ok(id)
     }
 
@@ -774,7 +909,8 @@ impl CertificateAuthority {
             dir: dir.to_path_buf(),
         };
         let record = root_record(&id, origin, &plugged.root, now);
-        self.commit_new_root(&mut inner, record, &change)?;
+        let rollover = inner.state.rollover.clone();
+        self.commit_new_root(&mut inner, record, rollover, &change)?;
         Ok(id)
     }
 
@@ -782,6 +918,7 @@ impl CertificateAuthority {
         &self,
         inner: &mut Inner,
         record: RootRecord,
+        rollover: Option<Rollover>,
         change: &Change<'_>,
     ) -> Result<(), CaError> {
         if let Some(dup) = inner
@@ -795,6 +932,7 @@ impl CertificateAuthority {
         let mut state = inner.state.clone();
         state.roots.push(record);
         state.next_root += 1;
+        state.rollover = rollover;
         put_json(&*self.store, &key(STATE_KEY)?, &state, change)?;
         inner.roots = root_ders(&state)?;
         inner.state = state;
@@ -806,15 +944,43 @@ impl CertificateAuthority {
     /// is read and checked again.
     pub fn switch_signing(&self, root_id: &str, now: UnixTime, actor: &str) -> Result<(), CaError> {
         let mut inner = self.lock();
+        self.switch_locked(&mut inner, root_id, now, actor)
+    }
+
+    /// [`Self::switch_signing`] under the caller's lock. Switching to the
+    /// new root of a roll-over in phase 1 moves it to phase 2 in the same
+    /// write.
+    fn switch_locked(
+        &self,
+        inner: &mut Inner,
+        root_id: &str,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<(), CaError> {
         let record = find_root(&inner.state, root_id)?.clone();
         let signer = load_signer(&*self.store, &record, now)?;
-        if signer.not_after < now.saturating_add(MIN_TTL) {
+        if signer.not_after < now.saturating_add(self.config.min_ttl) {
             return Err(CaError::SigningCertExpiring {
                 not_after_secs: signer.not_after.as_secs(),
             });
         }
         let mut state = inner.state.clone();
         state.signing = root_id.to_owned();
+        if let Some(Rollover::TrustBoth {
+            old_root,
+            new_root,
+            started_at,
+            ..
+        }) = &state.rollover
+            && new_root == root_id
+        {
+            state.rollover = Some(Rollover::DropOld {
+                old_root: old_root.clone(),
+                new_root: new_root.clone(),
+                started_at: *started_at,
+                switched_at: now,
+            });
+        }
         let note = format!("root roll-over: signing switched to {root_id}");
         let change = Change {
             actor,
@@ -824,6 +990,177 @@ impl CertificateAuthority {
         put_json(&*self.store, &key(STATE_KEY)?, &state, &change)?;
         inner.state = state;
         inner.signer = signer;
+        Ok(())
+    }
+
+    /// The default propagation period of a roll-over: 60 % of the default
+    /// certificate lifetime. A workload renewing on Istio's schedule (at
+    /// 50 % ± 1 % of its lifetime) has fetched the two-root bundle by then.
+    pub fn default_propagation(&self) -> Duration {
+        self.config.default_ttl * 3 / 5
+    }
+
+    /// The root roll-over in progress, if any.
+    pub fn rollover(&self) -> Option<Rollover> {
+        self.lock().state.rollover.clone()
+    }
+
+    /// Root roll-over, phase 1: generates a new root and intermediate and
+    /// trusts the new root next to the signing one, which keeps signing.
+    /// Signing switches to the new root once `propagation` has passed (see
+    /// [`Self::advance_rollover`]); a zero `propagation` makes the next
+    /// `advance_rollover` switch at once. Refused while a roll-over is in
+    /// progress, and for a plugged-in signing CA (its replacement has to
+    /// come from the operator's PKI, not from meshgate).
+    pub fn start_rollover(
+        &self,
+        propagation: Duration,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<Rollover, CaError> {
+        let mut inner = self.lock();
+        if let Some(r) = &inner.state.rollover {
+            return Err(CaError::RolloverInProgress(r.to_string()));
+        }
+        let old = inner.state.signing.clone();
+        let origin = &find_root(&inner.state, &old)?.origin;
+        if origin != &RootOrigin::Generated {
+            return Err(CaError::PluggedRollover(origin.to_string()));
+        }
+        let id = format!("root-{}", inner.state.next_root);
+        let g = generate_root(&self.rng, &self.config.trust_domain, &id, now)?;
+        let note = format!(
+            "root roll-over started: {id} trusted next to {old}; signing switches after {} s",
+            propagation.as_secs()
+        );
+        let change = Change {
+            actor,
+            at: now,
+            note: &note,
+        };
+        // Key material first: until the state names the new root, these
+        // records are unreferenced (a crash here leaves no roll-over, and
+        // the next attempt overwrites them under the same ID).
+        store_generated(&*self.store, &id, &g, &change)?;
+        let record = root_record(&id, RootOrigin::Generated, &g.root, now);
+        let rollover = Rollover::TrustBoth {
+            old_root: old,
+            new_root: id,
+            started_at: now,
+            switch_at: now.saturating_add(propagation),
+        };
+        self.commit_new_root(&mut inner, record, Some(rollover.clone()), &change)?;
+        Ok(rollover)
+    }
+
+    /// Moves the roll-over on as far as it may go at `now`: phase 1 → 2
+    /// once the propagation period is over (signing switches to the new
+    /// root), phase 2 → done once nothing the old root signed is still
+    /// valid (the old root leaves the trust bundle). Returns what changed;
+    /// the caller then re-issues the gateway's certificate.
+    ///
+    /// A non-signing root that signed certificates but belongs to no
+    /// roll-over (state written before roll-overs were recorded) is taken
+    /// up as phase 2, so it is dropped the same way.
+    pub fn advance_rollover(
+        &self,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<Vec<RolloverStep>, CaError> {
+        self.move_rollover(now, actor, false)
+    }
+
+    /// Finishes the roll-over in progress at once (`--force`): switches
+    /// signing to the new root if that has not happened, and drops the old
+    /// root even if certificates it signed are still valid (they stop
+    /// verifying: the choice for a compromised root).
+    pub fn finish_rollover(
+        &self,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<Vec<RolloverStep>, CaError> {
+        self.move_rollover(now, actor, true)
+    }
+
+    fn move_rollover(
+        &self,
+        now: UnixTime,
+        actor: &str,
+        force: bool,
+    ) -> Result<Vec<RolloverStep>, CaError> {
+        let mut inner = self.lock();
+        let mut steps = Vec::new();
+        if inner.state.rollover.is_none() {
+            self.adopt_retired_root(&mut inner, now, actor)?;
+        }
+        if let Some(Rollover::TrustBoth {
+            new_root,
+            switch_at,
+            ..
+        }) = inner.state.rollover.clone()
+            && (force || now >= switch_at)
+        {
+            self.switch_locked(&mut inner, &new_root, now, actor)?;
+            steps.push(RolloverStep::Switched { new_root });
+        }
+        if let Some(Rollover::DropOld { old_root, .. }) = inner.state.rollover.clone() {
+            if find_root(&inner.state, &old_root).is_err() {
+                // Dropped by hand (drop_root): only the record is left.
+                let mut state = inner.state.clone();
+                state.rollover = None;
+                let change = Change {
+                    actor,
+                    at: now,
+                    note: "root roll-over finished",
+                };
+                put_json(&*self.store, &key(STATE_KEY)?, &state, &change)?;
+                inner.state = state;
+                return Ok(steps);
+            }
+            let status = drop_status(&inner, &old_root, now);
+            let in_use = matches!(status, DropStatus::InUse { .. });
+            if status == DropStatus::Ready || (force && in_use) {
+                self.drop_locked(&mut inner, &old_root, force, now, actor)?;
+                steps.push(RolloverStep::Dropped {
+                    old_root,
+                    forced: in_use,
+                });
+            }
+        }
+        Ok(steps)
+    }
+
+    /// See [`Self::advance_rollover`]: records a leftover retired root as a
+    /// roll-over in phase 2. Roots that never signed anything are left
+    /// alone (nothing says they are retired rather than waiting).
+    fn adopt_retired_root(
+        &self,
+        inner: &mut Inner,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<(), CaError> {
+        let Some(old) = inner
+            .state
+            .roots
+            .iter()
+            .find(|r| r.id != inner.state.signing && inner.index.per_root.contains_key(&r.id))
+        else {
+            return Ok(());
+        };
+        let mut state = inner.state.clone();
+        state.rollover = Some(Rollover::DropOld {
+            old_root: old.id.clone(),
+            new_root: state.signing.clone(),
+            started_at: old.added_at,
+            switched_at: now,
+        });
+        let change = Change {
+            actor,
+            at: now,
+            note: "root roll-over: retired root recorded for dropping",
+        };
+        put_json(&*self.store, &key(STATE_KEY)?, &state, &change)?;
+        inner.state = state;
         Ok(())
     }
 
@@ -845,8 +1182,21 @@ impl CertificateAuthority {
         actor: &str,
     ) -> Result<(), CaError> {
         let mut inner = self.lock();
+        self.drop_locked(&mut inner, root_id, force, now, actor)
+    }
+
+    /// [`Self::drop_root`] under the caller's lock. Dropping a root of the
+    /// roll-over in progress ends it in the same write.
+    fn drop_locked(
+        &self,
+        inner: &mut Inner,
+        root_id: &str,
+        force: bool,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<(), CaError> {
         let record = find_root(&inner.state, root_id)?.clone();
-        match drop_status(&inner, root_id, now) {
+        match drop_status(inner, root_id, now) {
             DropStatus::Signing => return Err(CaError::RootIsSigning(root_id.to_owned())),
             DropStatus::InUse { until } if !force => {
                 return Err(CaError::RootInUse {
@@ -854,7 +1204,7 @@ impl CertificateAuthority {
                     until_secs: until.as_secs(),
                 });
             }
-            DropStatus::InUse { .. } | DropStatus::Ready => {}
+            DropStatus::InUse { .. } | DropStatus::Ready | DropStatus::Incoming => {}
         }
         let note = format!(
             "root roll-over: root {root_id} dropped{}",
@@ -867,6 +1217,13 @@ impl CertificateAuthority {
         };
         let mut state = inner.state.clone();
         state.roots.retain(|r| r.id != root_id);
+        if state
+            .rollover
+            .as_ref()
+            .is_some_and(|r| r.old_root() == root_id || r.new_root() == root_id)
+        {
+            state.rollover = None;
+        }
         // The state is the commit point: once the root is out of it, the
         // key records are unreferenced and deleting them is cleanup.
         put_json(&*self.store, &key(STATE_KEY)?, &state, &change)?;
@@ -1086,6 +1443,7 @@ impl CertificateAuthority {
             signing_not_after: inner.signer.not_after,
             roots,
             active_revocations,
+            rollover: inner.state.rollover.clone(),
         })
     }
 }
@@ -1115,6 +1473,10 @@ impl core::fmt::Display for CaSummary {
             format_time(self.signing_not_after)
         )?;
         writeln!(f, "active revocations: {}", self.active_revocations)?;
+        match &self.rollover {
+            Some(r) => writeln!(f, "root roll-over: {r}")?,
+            None => writeln!(f, "root roll-over: none in progress")?,
+        }
         for r in &self.roots {
             writeln!(f)?;
             writeln!(
@@ -1144,6 +1506,7 @@ impl core::fmt::Display for CaSummary {
                 DropStatus::Signing => "signing".to_owned(),
                 DropStatus::InUse { until } => format!("in use until {}", format_time(until)),
                 DropStatus::Ready => "can be dropped".to_owned(),
+                DropStatus::Incoming => "trusted, signing after the propagation period".to_owned(),
             };
             writeln!(f, "  status:      {status}")?;
         }
@@ -1154,6 +1517,11 @@ impl core::fmt::Display for CaSummary {
 fn drop_status(inner: &Inner, root_id: &str, now: UnixTime) -> DropStatus {
     if inner.state.signing == root_id {
         return DropStatus::Signing;
+    }
+    if let Some(Rollover::TrustBoth { new_root, .. }) = &inner.state.rollover
+        && new_root == root_id
+    {
+        return DropStatus::Incoming;
     }
     match inner
         .index
@@ -1286,6 +1654,7 @@ fn load_signer(store: &dyn Store, record: &RootRecord, now: UnixTime) -> Result<
         roots: vec![record.clone()],
         signing: record.id.clone(),
         next_root: 0,
+        rollover: None,
     })?;
     let root = roots
         .into_iter()

@@ -21,7 +21,7 @@
 //!   LOCK                             flock(2) while a process uses DATA
 //!   audit.log                        append-only, one checksummed JSON line per change
 //!   records/                         0700; every file 0600, header + SHA-256
-//!     ca.state.rec                   trusted roots (PEM + origin), signing root
+//!     ca.state.rec                   trusted roots (PEM + origin), signing root, roll-over phase
 //!     ca.root-N.root-key.pem.rec     generated root key (PKCS#8)
 //!     ca.root-N.signing-key.pem.rec  generated intermediate key (PKCS#8)
 //!     ca.root-N.signing-cert.pem.rec generated intermediate certificate
@@ -43,7 +43,7 @@ pub mod x509;
 
 pub use ca::{
     CaConfig, CaError, CaSource, CaSummary, CertificateAuthority, DropStatus, IssuedCertificate,
-    IssuedEntry, LeafKey, RootSummary,
+    IssuedEntry, LeafKey, Rollover, RolloverStep, RootSummary,
 };
 pub use revocation::{Revocation, RevocationList, RevocationTarget};
 pub use secrets::TokenHash;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use meshgate_ca::cacerts::{CA_CERT, CA_KEY, CERT_CHAIN, CacertsError, ROOT_CERT};
 use meshgate_ca::{
     CaConfig, CaError, CaSource, CertificateAuthority, DropStatus, FileStore, IssuedCertificate,
-    Serial, Store,
+    Rollover, RolloverStep, Serial, Store,
 };
 use meshgate_core::spiffe::{OwnedTrustDomain, SpiffeId};
 use meshgate_core::time::UnixTime;
@@ -620,6 +620,175 @@ fn root_roll_over_trusts_old_and_new_then_drops_old() {
     webpki_verify(&leaf, &ca.trust_bundle(), t2).expect("verifies");
 }
 
+/// The phased roll-over ("trust both → switch → drop"), restarted from the
+/// store between every phase: each phase is persisted and continues.
+#[test]
+fn phased_roll_over_survives_restarts_and_keeps_both_generations_verifiable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hour = Duration::from_secs(3600);
+    let at = |secs: u64| now().saturating_add(Duration::from_secs(secs));
+    let ca = open_generated(dir.path(), now());
+    let (before, _) = ca
+        .issue_with_new_key(&id(WORKLOAD), Some(hour), now(), "test")
+        .expect("leaf before");
+    assert_eq!(
+        ca.default_propagation(),
+        Duration::from_secs(24 * 3600 * 3 / 5)
+    );
+
+    // Phase 1: both roots trusted, the old one still signs.
+    let r = ca
+        .start_rollover(Duration::from_secs(600), now(), "admin")
+        .expect("start");
+    assert_eq!(r.phase(), 1);
+    assert_eq!((r.old_root(), r.new_root()), ("root-1", "root-2"));
+    assert!(matches!(
+        ca.start_rollover(Duration::ZERO, now(), "admin"),
+        Err(CaError::RolloverInProgress(_))
+    ));
+    assert_eq!(ca.trust_bundle().len(), 2);
+    assert_eq!(ca.signing_root(), "root-1");
+    assert_eq!(
+        ca.drop_status("root-2", now()).expect("status"),
+        DropStatus::Incoming,
+        "the incoming root is never dropped as unused"
+    );
+    let text = ca.summary(now()).expect("summary").to_string();
+    assert!(text.contains("root roll-over: phase 1/3"), "{text}");
+    // Not due yet: nothing moves.
+    assert!(
+        ca.advance_rollover(at(599), "t")
+            .expect("advance")
+            .is_empty()
+    );
+
+    // Restart in phase 1: the phase and the deadline are still there.
+    drop(ca);
+    let ca = open_generated(dir.path(), at(10));
+    assert_eq!(ca.rollover(), Some(r.clone()));
+    let (during, _) = ca
+        .issue_with_new_key(&id(WORKLOAD), Some(hour), at(10), "test")
+        .expect("leaf during phase 1");
+    assert_eq!(during.root_id, "root-1", "the old root signs in phase 1");
+    assert_eq!(
+        during.trust_bundle.len(),
+        2,
+        "certificates issued in phase 1 carry both roots"
+    );
+
+    // Phase 2: the propagation period is over.
+    let steps = ca.advance_rollover(at(600), "t").expect("advance");
+    assert_eq!(
+        steps,
+        vec![RolloverStep::Switched {
+            new_root: "root-2".into()
+        }]
+    );
+    assert_eq!(ca.signing_root(), "root-2");
+    drop(ca);
+    let ca = open_generated(dir.path(), at(601));
+    assert!(matches!(
+        ca.rollover(),
+        Some(Rollover::DropOld { ref old_root, .. }) if old_root == "root-1"
+    ));
+    assert_eq!(ca.signing_root(), "root-2");
+    let (after, _) = ca
+        .issue_with_new_key(&id(WORKLOAD), Some(hour), at(601), "test")
+        .expect("leaf after switch");
+    assert_eq!(after.root_id, "root-2");
+    let bundle = ca.trust_bundle();
+    for leaf in [&before, &during, &after] {
+        webpki_verify(leaf, &bundle, at(601)).expect("every generation verifies");
+    }
+    // A client that fetched its bundle in phase 1 verifies the new root.
+    webpki_verify(&after, &during.trust_bundle, at(601)).expect("phase-1 bundle");
+    // The old root stays while `during` (its last leaf) is valid.
+    assert!(
+        ca.advance_rollover(at(1000), "t")
+            .expect("advance")
+            .is_empty()
+    );
+    assert_eq!(ca.trust_bundle().len(), 2);
+    let text = ca.summary(at(1000)).expect("summary").to_string();
+    assert!(text.contains("root roll-over: phase 2/3"), "{text}");
+
+    // Phase 3: once `during` expired, the old root goes.
+    let done = during.not_after.saturating_add(Duration::from_secs(1));
+    drop(ca);
+    let ca = open_generated(dir.path(), done);
+    let steps = ca.advance_rollover(done, "t").expect("advance");
+    assert_eq!(
+        steps,
+        vec![RolloverStep::Dropped {
+            old_root: "root-1".into(),
+            forced: false
+        }]
+    );
+    assert_eq!(ca.rollover(), None);
+    assert_eq!(ca.trust_bundle().len(), 1);
+    drop(ca);
+    let ca = open_generated(dir.path(), done);
+    assert_eq!(ca.rollover(), None);
+    assert_eq!(ca.signing_root(), "root-2");
+    let text = ca.summary(done).expect("summary").to_string();
+    assert!(text.contains("root roll-over: none in progress"), "{text}");
+}
+
+#[test]
+fn zero_propagation_switches_at_once_and_force_finishes_a_roll_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = open_generated(dir.path(), now());
+    ca.issue_with_new_key(&id(WORKLOAD), None, now(), "test")
+        .expect("leaf");
+    ca.start_rollover(Duration::ZERO, now(), "admin")
+        .expect("start");
+    let steps = ca.advance_rollover(now(), "t").expect("advance");
+    assert_eq!(
+        steps,
+        vec![RolloverStep::Switched {
+            new_root: "root-2".into()
+        }],
+        "the old root signed a valid leaf, so it stays"
+    );
+    // --force: the old root goes while its leaf is still valid.
+    let steps = ca.finish_rollover(now(), "admin").expect("finish");
+    assert_eq!(
+        steps,
+        vec![RolloverStep::Dropped {
+            old_root: "root-1".into(),
+            forced: true
+        }]
+    );
+    assert_eq!(ca.trust_bundle().len(), 1);
+
+    // Forcing from phase 1 switches and drops in one call.
+    ca.start_rollover(Duration::from_secs(3600), now(), "admin")
+        .expect("second roll-over");
+    let steps = ca.finish_rollover(now(), "admin").expect("finish");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(ca.signing_root(), "root-3");
+    assert_eq!(ca.trust_bundle().len(), 1);
+    assert_eq!(ca.rollover(), None);
+}
+
+#[test]
+fn a_leftover_retired_root_is_dropped_like_a_roll_over_in_phase_two() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = open_generated(dir.path(), now());
+    let (leaf, _) = ca
+        .issue_with_new_key(&id(WORKLOAD), Some(Duration::from_secs(120)), now(), "test")
+        .expect("leaf");
+    // The low-level steps, as state written before roll-overs were recorded.
+    let r2 = ca.add_generated_root(now(), "admin").expect("root");
+    ca.switch_signing(&r2, now(), "admin").expect("switch");
+    assert_eq!(ca.rollover(), None);
+    assert!(ca.advance_rollover(now(), "t").expect("advance").is_empty());
+    assert!(matches!(ca.rollover(), Some(Rollover::DropOld { .. })));
+    let later = leaf.not_after.saturating_add(Duration::from_secs(1));
+    assert_eq!(ca.advance_rollover(later, "t").expect("advance").len(), 1);
+    assert_eq!(ca.trust_bundle().len(), 1);
+}
+
 #[test]
 fn forced_drop_ignores_valid_leaves() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -762,6 +931,12 @@ fn cacerts_good_directory_issues_verifiable_certificates() {
         .expect("verifies to the plugged root");
     let s = ca.summary(now()).expect("summary");
     assert!(s.roots[0].origin.starts_with("cacerts:"));
+    // `rotate-root` would swap the operator's CA for a generated one.
+    assert!(matches!(
+        ca.start_rollover(Duration::ZERO, now(), "admin"),
+        Err(CaError::PluggedRollover(_))
+    ));
+    assert_eq!(ca.trust_bundle().len(), 1);
     // The plugged key is referenced, not copied into the store.
     drop(ca);
     for entry in fs::read_dir(tmp.path().join("data/records")).expect("records") {

@@ -3,7 +3,7 @@
 //! | Method | Path | What |
 //! |---|---|---|
 //! | GET | `/api/v1/ca` | roots, fingerprints, expiry, issuance counts (`meshgate ca show`) |
-//! | POST | `/api/v1/ca/rotate-root` | start a root roll-over (`meshgate ca rotate-root`) |
+//! | POST | `/api/v1/ca/rotate-root` | start a root roll-over, or finish it with `force` (`meshgate ca rotate-root`) |
 //! | GET | `/api/v1/certificates` | gateway certificate, issued certificates, revocations ([`super::ui::certificates`]) |
 //! | POST | `/api/v1/certificates` | sign a CSR for a SPIFFE ID (`meshgate cert issue`) |
 
@@ -14,10 +14,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use meshgate_ca::{CaSummary, CertificateAuthority, DropStatus};
+use meshgate_ca::{CaSummary, CertificateAuthority, DropStatus, Rollover, RolloverStep};
 use meshgate_core::spiffe::SpiffeId;
 
-use super::types::{CaView, IssueRequest, IssueResponse, RootView, RotateRootRequest};
+use super::types::{
+    CaView, IssueRequest, IssueResponse, RolloverView, RootView, RotateRootRequest,
+};
 use super::ui::Actor;
 use super::{AdminState, error_response};
 use crate::identity::now;
@@ -57,10 +59,39 @@ pub(crate) fn ca_view(summary: &CaSummary) -> CaView {
                     DropStatus::Signing => "signing".to_owned(),
                     DropStatus::InUse { until } => format!("in use until {}", rfc3339(until)),
                     DropStatus::Ready => "ready to drop".to_owned(),
+                    DropStatus::Incoming => {
+                        "incoming (trusted, signs after propagation)".to_owned()
+                    }
                 },
             })
             .collect(),
         active_revocations: u64::try_from(summary.active_revocations).unwrap_or(u64::MAX),
+        rollover: summary.rollover.as_ref().map(rollover_view),
+    }
+}
+
+fn rollover_view(r: &Rollover) -> RolloverView {
+    let (started_at, switch_at, switched_at) = match r {
+        Rollover::TrustBoth {
+            started_at,
+            switch_at,
+            ..
+        } => (*started_at, Some(rfc3339(*switch_at)), None),
+        Rollover::DropOld {
+            started_at,
+            switched_at,
+            ..
+        } => (*started_at, None, Some(rfc3339(*switched_at))),
+    };
+    RolloverView {
+        phase: r.phase(),
+        phase_name: r.phase_name().to_owned(),
+        old_root: r.old_root().to_owned(),
+        new_root: r.new_root().to_owned(),
+        started_at: rfc3339(started_at),
+        switch_at,
+        switched_at,
+        description: r.to_string(),
     }
 }
 
@@ -115,60 +146,90 @@ async fn issue(
     }
 }
 
-/// Root roll-over: trust the new root next to the old one, switch signing
-/// to it, re-issue the gateway's identity under it. The old root is dropped
-/// later by [`drop_retired_roots`] once nothing it signed is still valid,
-/// or at once with `force`.
+/// Root roll-over ("trust both → switch → drop"). Without `force`: starts
+/// phase 1 — the new root is trusted next to the old one, which keeps
+/// signing for `propagation_secs` (default [`CertificateAuthority::default_propagation`]);
+/// [`advance_rollover`] then switches signing and later drops the old
+/// root. Refused (409) while a roll-over is in progress. With `force`:
+/// finishes the roll-over in progress — or starts one and finishes it — at
+/// once, dropping the old root even if certificates it signed are valid.
+/// Each change re-issues the gateway's own certificate, so the data plane
+/// trusts exactly the CA's bundle and serves a certificate from the
+/// signing root.
 async fn rotate_root(
     State(state): State<Arc<AdminState>>,
     Extension(actor): Extension<Actor>,
     body: Option<Json<RotateRootRequest>>,
 ) -> Response {
-    let force = body.is_some_and(|Json(b)| b.force);
+    let req = body.map(|Json(b)| b).unwrap_or_default();
     let ca = &state.ca;
+    let actor = actor.as_str();
+    let propagation = req
+        .propagation_secs
+        .map_or_else(|| ca.default_propagation(), core::time::Duration::from_secs);
     let t = now();
-    let old = ca.signing_root();
-    let result = ca
-        .add_generated_root(t, actor.as_str())
-        .and_then(|new| ca.switch_signing(&new, t, actor.as_str()).map(|()| new));
-    let new = match result {
-        Ok(new) => new,
-        Err(e) => return error_response(StatusCode::CONFLICT, &e.to_string()),
-    };
-    tracing::info!(old = %old, new = %new, "root roll-over: signing switched");
-    let dropped = if force {
-        ca.drop_root(&old, true, now(), actor.as_str())
+    if ca.rollover().is_none() {
+        match ca.start_rollover(propagation, t, actor) {
+            Ok(r) => tracing::info!(
+                old = r.old_root(),
+                new = r.new_root(),
+                propagation_secs = propagation.as_secs(),
+                "root roll-over started: both roots trusted"
+            ),
+            Err(e) => return error_response(StatusCode::CONFLICT, &e.to_string()),
+        }
+        // The data plane must accept the new root from now on.
+        state.identity.renew_now();
+    } else if !req.force {
+        let msg = meshgate_ca::CaError::RolloverInProgress(
+            ca.rollover().map(|r| r.to_string()).unwrap_or_default(),
+        );
+        return error_response(StatusCode::CONFLICT, &msg.to_string());
+    }
+    let steps = if req.force {
+        ca.finish_rollover(t, actor)
     } else {
-        Ok(())
+        // A zero propagation period switches at once.
+        ca.advance_rollover(t, actor)
     };
-    // Re-issue after the trust bundle changed, so the data plane trusts
-    // both roots (or, forced, only the new one) and serves a new-root cert.
-    state.identity.renew_now();
-    if let Err(e) = dropped {
-        return error_response(StatusCode::CONFLICT, &e.to_string());
+    match steps {
+        Ok(steps) => {
+            if !steps.is_empty() {
+                log_steps(&steps);
+                state.identity.renew_now();
+            }
+        }
+        Err(e) => return error_response(StatusCode::CONFLICT, &e.to_string()),
     }
     summary_response(ca)
 }
 
-/// Drops every non-signing root whose certificates have all expired (the
-/// last step of a roll-over). Called periodically by `serve`; returns
-/// whether the trust bundle changed (the identity must then be re-issued).
-pub(crate) fn drop_retired_roots(ca: &CertificateAuthority) -> bool {
-    let t = now();
-    let Ok(summary) = ca.summary(t) else {
-        return false;
-    };
-    let mut changed = false;
-    for r in summary.roots {
-        if r.drop_status == DropStatus::Ready {
-            match ca.drop_root(&r.id, false, t, "meshgate") {
-                Ok(()) => {
-                    changed = true;
-                    tracing::info!(root = %r.id, "root roll-over: old root dropped");
-                }
-                Err(e) => tracing::warn!(root = %r.id, error = %e, "cannot drop retired root"),
+fn log_steps(steps: &[RolloverStep]) {
+    for s in steps {
+        match s {
+            RolloverStep::Switched { new_root } => {
+                tracing::info!(new = %new_root, "root roll-over: signing switched to the new root");
+            }
+            RolloverStep::Dropped { old_root, forced } => {
+                tracing::info!(old = %old_root, forced, "root roll-over: old root dropped; roll-over finished");
             }
         }
     }
-    changed
+}
+
+/// Moves a root roll-over on (switch once the propagation period is over,
+/// drop the old root once nothing it signed is valid). Called every second
+/// by `serve`; returns whether the trust bundle or the signing root
+/// changed (the gateway's identity must then be re-issued).
+pub(crate) fn advance_rollover(ca: &CertificateAuthority) -> bool {
+    match ca.advance_rollover(now(), "meshgate") {
+        Ok(steps) => {
+            log_steps(&steps);
+            !steps.is_empty()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "root roll-over cannot advance; retrying");
+            false
+        }
+    }
 }

@@ -308,14 +308,45 @@ pub(crate) struct CaView {
     pub(crate) roots: Vec<RootView>,
     /// Revocations in force.
     pub(crate) active_revocations: u64,
+    /// The root roll-over in progress (absent when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rollover: Option<RolloverView>,
+}
+
+/// A root roll-over in progress, in `CaView`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RolloverView {
+    /// 1 (both roots trusted, old signs) or 2 (new signs, old trusted).
+    pub(crate) phase: u8,
+    /// `trust_both` or `drop_old`.
+    pub(crate) phase_name: String,
+    /// The root being replaced.
+    pub(crate) old_root: String,
+    /// The root taking over.
+    pub(crate) new_root: String,
+    /// When the roll-over started (RFC 3339).
+    pub(crate) started_at: String,
+    /// Phase 1: when signing switches to the new root (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) switch_at: Option<String>,
+    /// Phase 2: when signing switched (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) switched_at: Option<String>,
+    /// One line for people.
+    pub(crate) description: String,
 }
 
 /// Body of `POST /api/v1/ca/rotate-root`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RotateRootRequest {
-    /// Drop the old root at once.
+    /// Finish the roll-over now: switch signing at once and drop the old
+    /// root even while certificates it signed are valid.
     #[serde(default)]
     pub(crate) force: bool,
+    /// How long both roots are trusted before signing switches, in
+    /// seconds (default: 60 % of the CA's default certificate lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) propagation_secs: Option<u64>,
 }
 
 #[cfg(test)]
