@@ -923,3 +923,62 @@ fn client_supplied_xfcc_is_never_trusted() {
         );
     }
 }
+
+#[test]
+fn path_spellings_cannot_dodge_a_paths_rule() {
+    let (gw, pki) = start();
+    let client = Client::new(&gw, &pki);
+    let rows = documented_reasons();
+    let served_before = gw.productpage.requests().len();
+    // Every spelling a typical upstream resolves to /admin/users.
+    for path in [
+        "/admin/users",
+        "/./admin/users",
+        "/public/../admin/users",
+        "//admin/users",
+        "/%61dmin/users",
+        "/%2e%2e/admin/users",
+        "/admin/x/%2E%2E/users",
+    ] {
+        let o = client.plain(&[get(PRODUCTPAGE_HOST, path, &[])]);
+        assert_eq!(
+            o.responses.first().map(String::as_str),
+            Some("HTTP/1.1 403 Forbidden\nRBAC: access denied"),
+            "DENY /admin* bypassed with {path}: {:?}",
+            o.raw
+        );
+    }
+    assert_eq!(
+        gw.productpage.requests().len(),
+        served_before,
+        "a denied request reached the upstream"
+    );
+    // What has no single safe meaning is refused before authorization.
+    for path in ["/public%2F..%2Fadmin/users", "/public%5C..%5Cadmin", "/%zz"] {
+        let o = client.plain(&[get(PRODUCTPAGE_HOST, path, &[])]);
+        assert!(
+            o.responses
+                .first()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 400")),
+            "{path}: {:?}",
+            o.raw
+        );
+        let entries = entries_of(&gw, o.lport);
+        assert!(
+            entries.iter().any(|e| e["reason"] == "bad_path"),
+            "{entries:?}"
+        );
+    }
+    assert_documented(&rows, "bad_path", Some("400"));
+    // Normal paths, dot segments inside the allowed area included, pass.
+    for path in ["/public", "/public/./a/../b", "/.well-known/x"] {
+        let o = client.plain(&[get(PRODUCTPAGE_HOST, path, &[])]);
+        assert!(
+            o.responses
+                .first()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+            "{path}: {:?}",
+            o.raw
+        );
+    }
+}

@@ -42,7 +42,7 @@ use super::metrics::DecisionLabels;
 use super::outbound;
 use super::peer::PeerIdentity;
 use super::snapshot::{AuthzRequest, ModeDecision, Route, Snapshot, split_host_port};
-use super::{ListenerSpec, Shared, xfcc};
+use super::{ListenerSpec, Shared, request_path, xfcc};
 
 /// Most header fields in one HTTP/1 request head.
 const MAX_HEADERS: usize = 256;
@@ -235,6 +235,14 @@ async fn handle(
         let name = split_host_port(h).0;
         name.strip_suffix('.').unwrap_or(name)
     });
+    // Authorize, and forward, the normalized path (see `request_path`).
+    let (path, target) = match request_path::origin_form(req.uri()) {
+        Ok(t) => t,
+        Err(e) => {
+            rec.decision("deny", "bad_path", None);
+            return Ok(rec.local(StatusCode::BAD_REQUEST, format!("meshgate: {e}\n")));
+        }
+    };
     let authz = snapshot.authorize(
         &route,
         &AuthzRequest {
@@ -243,7 +251,7 @@ async fn handle(
             sni: ctx.sni.as_deref(),
             host: host_name,
             method: Some(req.method().as_str()),
-            path: Some(req.uri().path()),
+            path: Some(&path),
             headers: Some(req.headers()),
         },
     );
@@ -257,6 +265,7 @@ async fn handle(
     let peer = admitted.principal.and(ctx.security.peer());
     let upstream_req = prepare_upstream_request(
         req,
+        target,
         host.as_deref().unwrap_or_default(),
         identity.spiffe_id().borrow().as_str(),
         peer,
@@ -354,6 +363,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn prepare_upstream_request(
     req: Request<Incoming>,
+    target: Uri,
     host: &str,
     gateway_id: &str,
     peer: Option<&PeerIdentity>,
@@ -365,10 +375,7 @@ fn prepare_upstream_request(
     xfcc::apply(&mut parts.headers, gateway_id, peer);
     // Upstreams speak HTTP/1.1: origin-form target plus Host, whatever
     // version the client used.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.uri = target;
     parts.version = Version::HTTP_11;
     if let Ok(h) = HeaderValue::from_str(host) {
         parts.headers.insert(header::HOST, h);

@@ -29,6 +29,7 @@ pub(crate) mod metrics;
 mod outbound;
 mod peer;
 mod prefixed;
+mod request_path;
 pub(crate) mod revocation;
 pub(crate) mod snapshot;
 mod tcp_proxy;
