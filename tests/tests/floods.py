@@ -1,8 +1,8 @@
 """Attackers for meshgate's flood tests (tests/tests/floods.rs).
 
 Started with one JSON argument:
-  {"mode": "idle" | "slow_head" | "slow_tls" | "slow_tls_head" | "handshakes"
-           | "slow_reader",
+  {"mode": "idle" | "slow_head" | "slow_tls" | "slow_tls_head" | "h2_idle"
+           | "handshakes" | "slow_reader",
    "addr": "127.0.0.1:PORT", "host": "details.bookinfo.svc.cluster.local",
    "duration": 12.0,
    "sources": {"127.0.0.2": 1500, "127.0.0.3": 800},   # connections to hold
@@ -15,6 +15,8 @@ once a second per source) for those the gateway closes:
   slow_head      plaintext HTTP/1.1, one byte of the request head every 0.5 s;
   slow_tls       a TLS record header, then one ClientHello byte every 0.5 s;
   slow_tls_head  a complete TLS handshake, then the HTTP head as slow_head;
+  h2_idle        a TLS handshake with ALPN h2, the HTTP/2 preface and an
+                 empty SETTINGS frame, then nothing (no stream ever);
   slow_reader    a complete request for a large response, then never read.
 `handshakes` runs `threads` threads that complete TLS handshakes (no client
 certificate) and close, as fast as they can.
@@ -26,6 +28,7 @@ for handshakes the number completed.
 """
 
 import json
+import resource
 import selectors
 import socket
 import ssl
@@ -35,6 +38,7 @@ import time
 
 FAST_CLOSE = 0.5
 DRIP_EVERY = 0.5
+BATCH = 25
 
 
 def tls_context():
@@ -50,6 +54,8 @@ def hold(cfg):
     port = int(port)
     sel = selectors.DefaultSelector()
     ctx = tls_context()
+    h2_ctx = tls_context()
+    h2_ctx.set_alpn_protocols(["h2"])
     head = ("GET /details/0 HTTP/1.1\r\nHost: %s\r\nUser-Agent: slowloris\r\n"
             "X-Padding: %s\r\n\r\n" % (cfg["host"], "a" * 200)).encode()
     big = ("GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % cfg["host"]).encode()
@@ -60,6 +66,7 @@ def hold(cfg):
     conns = {}  # socket -> [source, opened_at, bytes of the head sent]
     have = {src: 0 for src in cfg["sources"]}
     last_topup = {src: 0.0 for src in cfg["sources"]}
+    topping = {src: False for src in cfg["sources"]}
 
     def closed(s, now):
         src, t0, _ = conns.pop(s)
@@ -89,6 +96,12 @@ def hold(cfg):
             s.connect((host, port))
             if mode == "slow_tls_head":
                 s = ctx.wrap_socket(s, server_hostname=cfg["host"])
+            elif mode == "h2_idle":
+                s = h2_ctx.wrap_socket(s, server_hostname=cfg["host"])
+                if s.selected_alpn_protocol() != "h2":
+                    raise OSError("the gateway did not choose h2")
+                s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                          + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
             elif mode == "slow_tls":
                 s.sendall(tls_prefix)
             elif mode == "slow_reader":
@@ -108,10 +121,14 @@ def hold(cfg):
     while time.time() < end:
         now = time.time()
         for src, want in cfg["sources"].items():
-            if have[src] < want and now - last_topup[src] >= 1.0:
-                last_topup[src] = now
-                for _ in range(want - have[src]):
+            # A top-up round at most once a second, in batches, so that
+            # closes are noticed (and timed) while a round is under way.
+            if have[src] < want and (topping[src] or now - last_topup[src] >= 1.0):
+                if not topping[src]:
+                    last_topup[src] = now
+                for _ in range(min(BATCH, want - have[src])):
                     open_one(src)
+                topping[src] = have[src] < want
         stats["max_open"] = max(stats["max_open"], len(conns))
         for key, _ in sel.select(timeout=0.05):
             s = key.fileobj
@@ -192,6 +209,9 @@ def handshakes(cfg):
 
 def main():
     cfg = json.loads(sys.argv[1])
+    # Thousands of sockets: the soft open-file limit is often 1024.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out = handshakes(cfg) if cfg["mode"] == "handshakes" else hold(cfg)
     print(json.dumps(out), flush=True)
 

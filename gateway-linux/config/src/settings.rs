@@ -36,7 +36,7 @@
 //!   maxConnections: 10000             # inbound connections open at once; more wait in the backlog
 //!   maxConnectionsPerSource: 1000     # per client IPv4 address / IPv6 /64; more are closed at once
 //!   headTimeout: 10s                  # ClientHello + TLS handshake, and each HTTP/1 request head
-//!   idleTimeout: 60s                  # keep-alive connection with no request in flight
+//!   idleTimeout: 60s                  # HTTP connection on which no byte moves either way
 //!   maxRequestHeadBytes: 65536        # HTTP/1 head / HTTP/2 header list; larger gets 431
 //!   upstreamConnectTimeout: 5s        # connect (and handshake) to an upstream; then 503
 //! services:                           # ServiceEntry specs with name/namespace inline
@@ -136,8 +136,11 @@ pub struct Limits {
     /// Time a client gets for its ClientHello and TLS handshake (from
     /// accept), and for each HTTP/1 request head: the slowloris bound.
     pub head_timeout: Duration,
-    /// A keep-alive connection with no request in flight is closed after
-    /// this long.
+    /// An HTTP connection on which no byte moves, in either direction, for
+    /// this long is closed: an idle keep-alive or HTTP/2 connection, a
+    /// client that stops reading its response, a request whose upstream
+    /// stops answering. (TCP listeners are exempt: idle pooled database
+    /// connections are normal.)
     pub idle_timeout: Duration,
     /// Largest HTTP/1 request head or HTTP/2 header list; a larger one is
     /// answered with `431`.

@@ -23,13 +23,14 @@ use std::time::Instant;
 use bytes::BytesMut;
 use meshgate_core::mtls::{EffectiveMode, Sniffed, sniff};
 use rustls::server::Acceptor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
 use super::access_log::{AccessEntry, now_rfc3339};
 use super::http_proxy::{self, ConnContext, ConnSecurity, duration_ms};
 use super::identity::Protocol;
+use super::idle;
 use super::metrics::DecisionLabels;
 use super::peer;
 use super::prefixed::Prefixed;
@@ -42,17 +43,46 @@ use super::{ListenerSpec, Shared};
 /// smaller.
 const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024 + 5;
 
-/// Serves one accepted connection to completion.
+/// Serves one accepted connection to completion. An HTTP connection on
+/// which no byte moves for `idle_timeout` is closed (see [`idle`]).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerSpec>,
-    mut stream: TcpStream,
+    stream: TcpStream,
+    source: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = idle::Activity::new();
+    let stream = idle::Tracked::new(stream, activity.clone());
+    if listener.protocol != Protocol::Http {
+        return serve(shared, listener, stream, source).await;
+    }
+    let timeout = shared.options.idle_timeout;
+    tokio::select! {
+        () = serve(shared.clone(), listener, stream, source) => {}
+        () = idle::expired(&activity, timeout) => {
+            // Dropping `serve` closes the socket (and any upstream
+            // connection of a request in flight).
+            tracing::debug!(%source, "closing an HTTP connection idle for {timeout:?}");
+            shared.metrics.connection(DecisionLabels {
+                destination: "-".to_owned(),
+                security: "none",
+                decision: "close",
+                reason: "idle_timeout".to_owned(),
+            });
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerSpec>,
+    mut stream: idle::Tracked<TcpStream>,
     source: SocketAddr,
 ) {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + shared.options.head_timeout;
     let snapshot = shared.snapshot.load_full();
-    let _ = stream.set_nodelay(true);
 
     let mut buf = BytesMut::with_capacity(2048);
     let kind = loop {
@@ -362,7 +392,7 @@ const LINGER: core::time::Duration = core::time::Duration::from_secs(1);
 /// report "connection reset" instead of the alert (e.g. curl would never
 /// print "certificate required"). So: half-close, then discard what the
 /// client still sends for a short, bounded time.
-async fn linger_close(mut io: TcpStream) {
+async fn linger_close<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
     let _ = io.shutdown().await;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {

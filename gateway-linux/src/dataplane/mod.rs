@@ -13,6 +13,7 @@
 //!   loop with a connection limit (backpressure), a per-source cap (one
 //!   client cannot take every slot) and graceful drain;
 //! - [`inbound`]: sniffing, ClientHello/SNI routing, mode → handshake;
+//! - [`idle`]: the inactivity timeout of HTTP connections;
 //! - [`http_proxy`]: per-request admission + authorization, XFCC, proxying;
 //! - [`tcp_proxy`]: TCP and DISABLE passthrough;
 //! - [`outbound`]: upstream connections, mTLS origination, secure naming;
@@ -24,6 +25,7 @@ pub(crate) mod access_log;
 pub(crate) mod authenticated;
 mod http_proxy;
 pub(crate) mod identity;
+mod idle;
 mod inbound;
 pub(crate) mod metrics;
 mod outbound;
@@ -73,9 +75,8 @@ pub(crate) struct Options {
     /// Time allowed for a complete ClientHello / TLS handshake / HTTP
     /// request head.
     pub(crate) head_timeout: Duration,
-    /// A keep-alive connection with no request in flight is closed after
-    /// this long.
-    #[allow(dead_code, reason = "applied by the HTTP proxy's keep-alive handling")]
+    /// An HTTP connection on which no byte moves, in either direction,
+    /// for this long is closed.
     pub(crate) idle_timeout: Duration,
     /// Largest HTTP/1 request head / HTTP/2 header list (at least 8 KiB,
     /// which hyper requires).
