@@ -378,6 +378,42 @@ pub(crate) enum CertCommand {
                             running gateway signs a certificate request through the admin API."
     )]
     Issue(CertIssueArgs),
+
+    /// Revoke a certificate (by serial) or an identity (by SPIFFE ID).
+    #[command(
+        long_about = "Revoke in the gateway's CA: one certificate by its serial (hex, as \
+                      `cert issue` and `ca show` print it), or every certificate of a SPIFFE \
+                      ID — and no new certificate is issued for that ID while the revocation is \
+                      kept. The gateway refuses new handshakes with a revoked certificate at \
+                      once (TLS alert certificate_revoked) and closes its open connections \
+                      within a second. A revocation is kept until the last certificate it \
+                      covers has expired, then pruned.",
+        after_help = "Examples:\n  meshgate cert revoke --serial 3f2a9c0d5e6b7a81 --reason \"key leaked\"\n  \
+                      meshgate cert revoke --spiffe-id spiffe://cluster.local/ns/legacy/sa/client"
+    )]
+    Revoke(CertRevokeArgs),
+}
+
+/// `meshgate cert revoke`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["spiffe_id", "serial"])))]
+pub(crate) struct CertRevokeArgs {
+    /// Revoke every certificate of this identity, e.g.
+    /// spiffe://cluster.local/ns/legacy/sa/client.
+    #[arg(long, value_name = "ID")]
+    pub(crate) spiffe_id: Option<String>,
+
+    /// Revoke one certificate by its serial number (hex).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) serial: Option<String>,
+
+    /// Why (kept in the revocation and the audit log).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) reason: String,
+
+    /// Connection to the gateway.
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
 }
 
 /// `meshgate cert issue`.

@@ -30,6 +30,15 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Validate(a) => validate(&a),
         Command::Check(a) => check(a).await,
         Command::Cert(CertCommand::Issue(a)) => cert_issue(a).await,
+        Command::Cert(CertCommand::Revoke(a)) => {
+            cert_revoke(
+                &a.admin,
+                a.spiffe_id.as_deref(),
+                a.serial.as_deref(),
+                &a.reason,
+            )
+            .await
+        }
         Command::Ca(CaCommand::Show(a)) => {
             let view: CaView = connect(&a.admin)?.get_json("/api/v1/ca").await?;
             print_ca(&view, a.json)
@@ -369,11 +378,7 @@ async fn cert_issue(a: CertIssueArgs) -> anyhow::Result<()> {
 
 /// `meshgate cert revoke (--spiffe-id ID | --serial HEX) [--reason TEXT]`:
 /// revokes in the gateway's CA; the gateway refuses new handshakes with the
-/// certificate(s) at once and closes their open connections. The CLI
-/// variant is added in cli.rs by its owner (see REQUESTS.md); the match arm
-/// is `Command::Cert(CertCommand::Revoke(a)) => cert_revoke(&a.admin,
-/// a.spiffe_id.as_deref(), a.serial.as_deref(), &a.reason).await`.
-#[allow(dead_code, reason = "dispatched once cli.rs has `cert revoke`")]
+/// certificate(s) at once and closes their open connections.
 pub(crate) async fn cert_revoke(
     admin: &AdminArgs,
     spiffe_id: Option<&str>,

@@ -205,3 +205,110 @@ fn ca_show_and_rotate_root() {
     assert!(now.contains("in use until"), "{now}");
     assert!(now.contains("root roll-over: phase 2/3"), "{now}");
 }
+
+/// The serial `meshgate cert issue` printed.
+fn issued_serial(stdout: &str) -> String {
+    stdout
+        .split("(serial ")
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next())
+        .expect("serial in cert issue output")
+        .to_owned()
+}
+
+#[test]
+fn cert_revoke_by_serial_and_by_spiffe_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start(Start {
+        data_dir: &dir.path().join("data"),
+        config: None,
+        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
+    });
+    let issue = |id: &str, out: &str| {
+        let out = gw.cli(&[
+            "cert",
+            "issue",
+            "--spiffe-id",
+            id,
+            "--out",
+            dir.path().join(out).to_str().expect("utf-8"),
+            "--ttl",
+            "1h",
+        ]);
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), stdout, stderr)
+    };
+    let a = "spiffe://cluster.local/ns/legacy/sa/a";
+    let b = "spiffe://cluster.local/ns/legacy/sa/b";
+    let (ok, stdout, stderr) = issue(a, "a");
+    assert!(ok, "{stderr}");
+    let serial_a = issued_serial(&stdout);
+
+    // Exactly one of --spiffe-id and --serial (clap refuses, exit 2).
+    for args in [
+        vec!["cert", "revoke"],
+        vec!["cert", "revoke", "--spiffe-id", a, "--serial", &serial_a],
+    ] {
+        let out = gw.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
+    }
+
+    // By serial: that certificate only; the identity may get a new one.
+    let out = gw.cli(&[
+        "cert",
+        "revoke",
+        "--serial",
+        &serial_a,
+        "--reason",
+        "key leaked",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("revoked serial {serial_a}")) && stdout.contains("kept until"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = issue(a, "a2");
+    assert!(
+        ok,
+        "a serial revocation does not block the identity: {stderr}"
+    );
+
+    // An unknown serial is an error naming it.
+    let out = gw.cli(&["cert", "revoke", "--serial", "0badc0de"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("0badc0de"), "{stderr}");
+
+    // By SPIFFE ID: and no new certificate for it while kept.
+    let (ok, _, stderr) = issue(b, "b");
+    assert!(ok, "{stderr}");
+    let out = gw.cli(&["cert", "revoke", "--spiffe-id", b]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("revoked spiffe id {b}")),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = issue(b, "b2");
+    assert!(!ok, "a revoked identity gets no new certificate");
+    assert!(stderr.contains("revoked"), "{stderr}");
+
+    // Both are listed by the API with actor and reason.
+    let (status, body) = gw.get("/api/v1/revocations", gw.token.as_deref());
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(
+        list.iter()
+            .any(|r| r["kind"] == "serial" && r["reason"] == "key leaked"),
+        "{list:?}"
+    );
+    assert!(
+        list.iter().any(|r| r["kind"] == "spiffe_id"
+            && r["target"] == b
+            && r["reason"] == "revoked by operator"),
+        "{list:?}"
+    );
+}

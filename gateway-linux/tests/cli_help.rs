@@ -59,7 +59,14 @@ fn each_subcommand_explains_itself() {
         ),
         (&["ca", "show"], &["--admin"]),
         (&["validate"], &["--config", "-f", "line"]),
-        (&["ca", "rotate-root"], &["--force", "old and new roots"]),
+        (
+            &["ca", "rotate-root"],
+            &["--force", "--propagation", "old and new roots"],
+        ),
+        (
+            &["cert", "revoke"],
+            &["--spiffe-id", "--serial", "--reason", "certificate_revoked"],
+        ),
     ];
     for (args, needles) in cases {
         let text = help(args);
