@@ -95,7 +95,7 @@ pub(crate) async fn serve_stream<IO>(
         sni: None,
     });
     match protocol {
-        Protocol::Http => http_proxy::serve(io, Some(false), ctx).await,
+        Protocol::Http => http_proxy::serve_half_closable(io, ctx).await,
         Protocol::Tcp => {
             let Some(route) = snapshot.route(host, port) else {
                 tracing::debug!(%source, host, port, "edge stream to an unknown service");

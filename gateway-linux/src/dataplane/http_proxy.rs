@@ -120,6 +120,23 @@ pub(crate) async fn serve<IO>(io: IO, h2: Option<bool>, ctx: Arc<ConnContext>)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_http(io, h2, ctx, false).await;
+}
+
+/// [`serve`] for an edge node's stream: a legacy client may shut down its
+/// sending side right after its request (`nc -N` does) and the node passes
+/// that on, so an HTTP/1 end of input must not drop the pending response.
+pub(crate) async fn serve_half_closable<IO>(io: IO, ctx: Arc<ConnContext>)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    serve_http(io, Some(false), ctx, true).await;
+}
+
+async fn serve_http<IO>(io: IO, h2: Option<bool>, ctx: Arc<ConnContext>, half_close: bool)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match h2 {
         Some(true) => builder.http2_only(),
@@ -129,6 +146,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
+        .half_close(half_close)
         .header_read_timeout(ctx.shared.options.head_timeout)
         .max_buf_size(ctx.shared.options.max_request_head_bytes)
         .max_headers(MAX_HEADERS);

@@ -75,6 +75,40 @@ pub(crate) enum EdgeError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A test-only environment variable holds no whole number of seconds.
+    #[error("{var}={value:?}: expected a whole number of seconds > 0")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Test-only: the lifetime of node certificates in seconds, when the
+/// options set none (default: the CA's, i.e. the settings'
+/// `identity.certTtl`, at least 60 s). Renewal tests use it to see several
+/// node renewals in a short run; the CA's minimum still applies (lowered
+/// only by `MESHGATE_UNSAFE_MIN_TTL_SECS`). Announced with a warning.
+pub(crate) const UNSAFE_EDGE_CERT_TTL_ENV: &str = "MESHGATE_UNSAFE_EDGE_CERT_TTL_SECS";
+
+fn unsafe_edge_cert_ttl() -> Result<Option<Duration>, EdgeError> {
+    let Ok(value) = std::env::var(UNSAFE_EDGE_CERT_TTL_ENV) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => {
+            tracing::warn!(
+                secs,
+                "{UNSAFE_EDGE_CERT_TTL_ENV} sets the edge-node certificate lifetime (testing only)"
+            );
+            Ok(Some(Duration::from_secs(secs)))
+        }
+        _ => Err(EdgeError::BadEnv {
+            var: UNSAFE_EDGE_CERT_TTL_ENV,
+            value,
+        }),
+    }
 }
 
 /// How the edge server runs.
@@ -201,6 +235,10 @@ pub(crate) async fn start(
     settings: &Settings,
     stop: watch::Receiver<bool>,
 ) -> Result<Arc<EdgeServer>, EdgeError> {
+    let cert_ttl = match opts.cert_ttl {
+        Some(ttl) => Some(ttl),
+        None => unsafe_edge_cert_ttl()?,
+    };
     let registry = Registry::load(store, settings.trust_domain.clone())?;
     let bound = match TcpListener::bind(opts.listen).await {
         Ok(l) => l.local_addr().map(|a| (l, a)),
@@ -241,7 +279,7 @@ pub(crate) async fn start(
         dp: dp.clone(),
         exposed: exposed_rules(settings),
         protocols,
-        cert_ttl: opts.cert_ttl,
+        cert_ttl,
         tunnels: Mutex::new(HashMap::new()),
         next_conn: core::sync::atomic::AtomicU64::new(1),
         tls: tunnel::TlsConfigCache::default(),
