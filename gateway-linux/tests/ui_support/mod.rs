@@ -40,6 +40,11 @@ fn pump(from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
 impl Gw {
     /// Starts `meshgate serve` with a fresh data dir and waits for ready.
     pub fn start(data_dir: &Path) -> Gw {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`Gw::start`], with extra `serve` arguments.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Gw {
         let child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
@@ -49,6 +54,7 @@ impl Gw {
                 "--listen",
                 "http=127.0.0.1:0",
             ])
+            .args(extra)
             .env("RUST_LOG", "debug")
             .env("MESHGATE_ACCESS_LOG", "stdout")
             .env_remove("MESHGATE_TOKEN")
