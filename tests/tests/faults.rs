@@ -4,6 +4,8 @@
 //!   every 300 ms): each client request ends promptly with the upstream's
 //!   `200` or the gateway's `503`/`502`, never a hang or a reset, and every
 //!   request succeeds once the upstream stays up.
+//! - An upstream that accepts and never answers: the client's connection
+//!   ends at the idle timeout instead of hanging.
 //! - The data directory full (a 4 MiB tmpfs filled up) or read-only (a
 //!   read-only bind mount over it) while `meshgate apply` writes: the change is
 //!   rejected with an error naming the path and the OS error, the previous
@@ -168,6 +170,50 @@ spec:
         let (status, body, _) = plain_get(&gw, FLAKY_HOST);
         assert_eq!(status, 200, "request {i} after recovery: {body}");
     }
+}
+
+#[test]
+fn a_silent_upstream_cannot_hang_the_client_past_the_idle_timeout() {
+    // Accepts connections (the kernel does, into the backlog) and never
+    // answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let gw = Gateway::start_with(GatewayOptions {
+        extra_settings: format!(
+            "\
+limits: {{idleTimeout: 2s}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: silent, namespace: bookinfo}}
+spec:
+  hosts: [silent.bookinfo.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{http: {port}}}
+    labels: {{app: silent}}
+"
+        ),
+        ..GatewayOptions::default()
+    });
+    let (status, body, took) = plain_get(&gw, "silent.bookinfo.svc.cluster.local");
+    eprintln!(
+        "silent upstream: status {status} after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(
+        status, 0,
+        "no response can come from a silent upstream: {body}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "the client's connection must end at the idle timeout (2 s), took {took:?}"
+    );
+    let (status, _, _) = plain_get(&gw, DETAILS_HOST);
+    assert_eq!(status, 200, "other services unaffected");
+    drop(silent);
 }
 
 /// Whether this process may mount filesystems (root); skips (returns

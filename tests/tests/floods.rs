@@ -465,7 +465,7 @@ fn a_handshake_flood_leaves_room_for_legitimate_clients() {
     let o = run(
         &s,
         "handshake-flood",
-        serde_json::json!({"mode": "handshakes", "host": DETAILS_HOST, "threads": 8}),
+        serde_json::json!({"mode": "handshakes", "host": DETAILS_HOST, "threads": 4}),
     );
     o.assert_served("handshake-flood", Duration::from_secs(3), 64 * 1024);
     assert!(
