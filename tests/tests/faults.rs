@@ -359,6 +359,13 @@ fn bookinfo_mode(gw: &Gateway) -> String {
         .to_owned()
 }
 
+/// How many entries the store's audit log holds.
+fn audit_entries(gw: &Gateway) -> u64 {
+    gw.api_get("/api/v1/audit?limit=1")["total"]
+        .as_u64()
+        .expect("audit total")
+}
+
 fn generation(gw: &Gateway) -> u64 {
     gw.api_get("/api/v1/status")["generation"]
         .as_u64()
@@ -393,11 +400,16 @@ fn config_writes_under(name: &str, fault: &str, os_error: &str, repair: &str) {
     restart_on_tmpfs(&mut gw);
     assert_eq!(probe(&gw, &client), (0, 200), "STRICT serving on the tmpfs");
     let before = generation(&gw);
+    let audited = audit_entries(&gw);
 
     let (ok, out) = in_gateway_ns(&gw, fault);
     eprintln!("[{name}] fault injected ({ok}): {}", out.trim());
     let data = gw.data_dir.display().to_string();
-    for attempt in 0..5 {
+    // Many attempts: when failed writes left their audit entries behind,
+    // the log crossed a page boundary of the full tmpfs within a dozen,
+    // an append failed half-way, and the torn entry made the store
+    // unreadable at the next start ("audit.log: corrupt store file").
+    for attempt in 0..20 {
         let (ok, out) = try_apply(&gw, PERMISSIVE_YAML);
         assert!(
             !ok,
@@ -431,6 +443,11 @@ fn config_writes_under(name: &str, fault: &str, os_error: &str, repair: &str) {
     let (ok, out) = try_apply(&gw, PERMISSIVE_YAML);
     assert!(ok, "[{name}] apply after repair: {out}");
     assert_eq!(probe(&gw, &client), (200, 200), "[{name}] PERMISSIVE now");
+    assert_eq!(
+        audit_entries(&gw),
+        audited + 1,
+        "[{name}] one change audited"
+    );
 
     restart_from_the_same_bytes(&mut gw);
     assert_eq!(bookinfo_mode(&gw), "PERMISSIVE", "[{name}] after restart");

@@ -19,7 +19,10 @@
 //!
 //! The audit entry is written *before* the commit: a crash in between
 //! leaves an entry for a change that did not happen (its `value_sha256`
-//! then differs from the record), never a change without an entry.
+//! then differs from the record), never a change without an entry. A write
+//! that fails without a crash (disk full, read-only directory) takes its
+//! entry back, and a partly written entry is cut off before anything else
+//! is appended, so the log never reads as corrupt afterwards.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -264,6 +267,11 @@ pub struct FileStore {
 #[derive(Debug)]
 struct Inner {
     audit: File,
+    /// Length of the audit log's valid entries. A failed append is cut
+    /// back to it: a partly written line (ENOSPC at a block boundary)
+    /// followed by the next entry would read as corruption at the next
+    /// open, and the gateway would refuse to start.
+    audit_len: u64,
     next_seq: u64,
     /// Held for the lifetime of the store; the kernel releases the lock
     /// when the file is closed or the process dies.
@@ -349,6 +357,7 @@ impl FileStore {
             audit_path,
             inner: Mutex::new(Inner {
                 audit,
+                audit_len: valid_len,
                 next_seq: report.audit_entries + 1,
                 _lock: lock,
             }),
@@ -364,6 +373,36 @@ impl FileStore {
     fn record_path(&self, key: &RecordKey) -> PathBuf {
         self.records
             .join(format!("{}{RECORD_SUFFIX}", key.as_str()))
+    }
+
+    fn temp_path(&self, key: &RecordKey) -> PathBuf {
+        self.records
+            .join(format!("{}{RECORD_SUFFIX}{TEMP_SUFFIX}", key.as_str()))
+    }
+
+    /// Writes `value` to the record's temporary file (fsynced); the caller
+    /// renames it over the record (the commit point). A failed write
+    /// removes its temporary file, so it does not hold on to the space.
+    fn write_record(&self, key: &RecordKey, value: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.temp_path(key);
+        let header = format!("{RECORD_MAGIC} {} {}\n", value.len(), sha256_hex(value));
+        // The temp file is created with mode 0600 (never widened then
+        // narrowed), since values include CA private keys.
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(header.as_bytes())
+                    .and_then(|()| f.write_all(value))
+                    .and_then(|()| f.sync_all())
+            });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io_err(&tmp))
     }
 
     fn lock_inner(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
@@ -394,13 +433,46 @@ impl FileStore {
             source,
         })?;
         let line = format!("{} {json}\n", sha256_hex(json.as_bytes()));
-        inner
+        // Cut off what an earlier failed append left, if that failed too;
+        // never append after torn bytes.
+        let actual = inner
+            .audit
+            .metadata()
+            .map_err(io_err(&self.audit_path))?
+            .len();
+        if actual != inner.audit_len {
+            self.rollback_audit(inner)?;
+        }
+        let appended = inner
             .audit
             .write_all(line.as_bytes())
-            .and_then(|()| inner.audit.sync_data())
-            .map_err(io_err(&self.audit_path))?;
+            .and_then(|()| inner.audit.sync_data());
+        if let Err(e) = appended {
+            // Best effort now; retried before the next append.
+            let _ = self.rollback_audit(inner);
+            return Err(io_err(&self.audit_path)(e));
+        }
+        inner.audit_len += line.len() as u64;
         inner.next_seq += 1;
         Ok(())
+    }
+
+    /// Truncates the audit log to its last valid entry.
+    fn rollback_audit(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        inner
+            .audit
+            .set_len(inner.audit_len)
+            .and_then(|()| inner.audit.sync_data())
+            .map_err(io_err(&self.audit_path))
+    }
+
+    /// Takes back the audit entry of a write that failed before its commit
+    /// point, so that a rejected change leaves no entry behind.
+    fn unrecord(&self, inner: &mut Inner, before: (u64, u64)) {
+        (inner.audit_len, inner.next_seq) = before;
+        // If this fails the entry stays (as after a crash, which the
+        // module docs allow) unless the next append's check removes it.
+        let _ = self.rollback_audit(inner);
     }
 }
 
@@ -416,27 +488,15 @@ impl Store for FileStore {
 
     fn put(&self, key: &RecordKey, value: &[u8], change: &Change<'_>) -> Result<(), StoreError> {
         let mut inner = self.lock_inner()?;
+        let before = (inner.audit_len, inner.next_seq);
         self.append_audit(&mut inner, AuditAction::Put, key, Some(value), change)?;
+        let written = self.write_record(key, value);
+        if written.is_err() {
+            self.unrecord(&mut inner, before);
+        }
+        written?;
         let path = self.record_path(key);
-        let tmp = self
-            .records
-            .join(format!("{}{RECORD_SUFFIX}{TEMP_SUFFIX}", key.as_str()));
-        let header = format!("{RECORD_MAGIC} {} {}\n", value.len(), sha256_hex(value));
-        // The temp file is created with mode 0600 (never widened then
-        // narrowed), since values include CA private keys.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(header.as_bytes())
-            .and_then(|()| f.write_all(value))
-            .and_then(|()| f.sync_all())
-            .map_err(io_err(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        fs::rename(self.temp_path(key), &path).map_err(io_err(&path))?;
         sync_dir(&self.records)
     }
 
@@ -619,6 +679,44 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", "..", "é", &"x".repeat(201)] {
             assert!(RecordKey::new(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_audit_entry_and_torn_bytes_are_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = FileStore::open(dir.path()).expect("open");
+        let k = key("policies");
+        store.put(&k, b"one", &change("first")).expect("put");
+        // The temporary file's name taken by a directory: the record write
+        // fails after the audit entry was appended.
+        let blocker = dir.path().join(RECORDS_DIR).join("policies.rec.tmp");
+        fs::create_dir(&blocker).expect("mkdir");
+        assert!(store.put(&k, b"two", &change("fails")).is_err());
+        assert_eq!(
+            store.audit_log(0).expect("audit").len(),
+            1,
+            "entry taken back"
+        );
+        fs::remove_dir(&blocker).expect("rmdir");
+        // Bytes of an append torn by ENOSPC, behind the store's back.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(AUDIT_FILE))
+            .expect("audit file");
+        f.write_all(b"0123 {\"seq\":2,\"tor").expect("torn bytes");
+        store.put(&k, b"three", &change("third")).expect("put");
+        assert_eq!(store.get(&k).expect("get").as_deref(), Some(&b"three"[..]));
+        let log = store.audit_log(0).expect("audit");
+        assert_eq!(
+            log.iter()
+                .map(|e| (e.seq, e.note.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "first"), (2, "third")]
+        );
+        drop(store);
+        let (_, report) = FileStore::open(dir.path()).expect("reopens cleanly");
+        assert_eq!(report.audit_entries, 2);
+        assert_eq!(report.truncated_audit_bytes, 0);
     }
 
     #[test]
