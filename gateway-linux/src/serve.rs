@@ -42,7 +42,7 @@ use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
 use crate::dataplane;
 use crate::fsutil;
-use crate::identity::{IdentityError, IdentityManager, IdentitySink};
+use crate::identity::{IdentityError, IdentityManager, IdentitySink, SystemClock};
 use crate::state::{
     ChangeError, Commit, Config, ControlPlane, MeshSettings, PortInfo, ServiceInfo, Subscriber,
 };
@@ -432,6 +432,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         identity_ttl,
         sink.clone(),
         control.clone(),
+        Arc::new(SystemClock),
     )?;
     let dp_identity = sink.shared().ok_or(ServeError::NoIdentity)?;
 

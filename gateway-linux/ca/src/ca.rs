@@ -108,6 +108,16 @@ pub enum CaError {
         /// Its expiry, seconds since the epoch.
         not_after_secs: u64,
     },
+    /// The signing chain is not valid yet at `now` (a clock far behind the
+    /// one the CA was created with): a leaf issued now would start after
+    /// it ends, or before its issuer.
+    #[error(
+        "signing certificate is not valid before {not_before_secs} s since epoch; is the clock right?"
+    )]
+    SigningCertNotYetValid {
+        /// Its start of validity, seconds since the epoch.
+        not_before_secs: u64,
+    },
     /// The SPIFFE ID is revoked; issuing for it would undo the revocation.
     #[error("{0} is revoked")]
     Revoked(String),
@@ -778,6 +788,11 @@ impl CertificateAuthority {
             return Err(CaError::Revoked(id.to_owned()));
         }
         let signer = &inner.signer;
+        if now < signer.not_before {
+            return Err(CaError::SigningCertNotYetValid {
+                not_before_secs: signer.not_before.as_secs(),
+            });
+        }
         let not_before = now.saturating_sub(BACKDATE).max(signer.not_before);
         let not_after = now.saturating_add(ttl).min(signer.not_after);
         if not_after < now.saturating_add(self.config.min_ttl) {

@@ -373,6 +373,21 @@ fn a_lowered_minimum_ttl_allows_short_test_certificates_and_nothing_shorter() {
 }
 
 #[test]
+fn a_clock_before_the_signing_chain_is_refused_not_turned_into_a_broken_leaf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = open_generated(dir.path(), now());
+    // The root is backdated 60 s at creation; an hour before that the
+    // chain is not valid, and a leaf would end before it starts.
+    let early = now().saturating_sub(Duration::from_secs(3600));
+    assert!(matches!(
+        ca.issue_with_new_key(&id(WORKLOAD), None, early, "test"),
+        Err(CaError::SigningCertNotYetValid { not_before_secs }) if not_before_secs == T0 - 60
+    ));
+    ca.issue_with_new_key(&id(WORKLOAD), None, now(), "test")
+        .expect("fine at the right time");
+}
+
+#[test]
 fn foreign_trust_domain_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = open_generated(dir.path(), now());
