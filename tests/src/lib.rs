@@ -63,6 +63,17 @@ spec:
   mtls: {mode: PERMISSIVE}
 ";
 
+/// A workload policy: `details` STRICT (the rest of bookinfo keeps the
+/// namespace's mode), for tests that need STRICT and PERMISSIVE side by side.
+pub const DETAILS_STRICT_YAML: &str = "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: details-strict, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details}}
+  mtls: {mode: STRICT}
+";
+
 /// Only productpage's principal may GET details (ISTIO.md).
 pub const DETAILS_VIEWER_YAML: &str = "\
 apiVersion: security.istio.io/v1

@@ -18,19 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use meshgate_e2e::{
-    DETAILS_HOST, Gateway, GatewayOptions, PERMISSIVE_YAML, PRODUCTPAGE_HOST, Value, openssl,
-    python,
+    DETAILS_HOST, DETAILS_STRICT_YAML, Gateway, GatewayOptions, PERMISSIVE_YAML, PRODUCTPAGE_HOST,
+    Value, openssl, python,
 };
 
-/// Applied after the harness's bookinfo-wide PERMISSIVE policy.
+/// Applied after the harness's bookinfo-wide PERMISSIVE and `details`
+/// STRICT policies.
 const POLICIES: &str = "\
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: details-strict, namespace: bookinfo}
-spec:
-  selector: {matchLabels: {app: details}}
-  mtls: {mode: STRICT}
----
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-admin, namespace: bookinfo}
@@ -463,7 +457,9 @@ fn start() -> (Gateway, Pki) {
         )],
         ..GatewayOptions::default()
     });
-    gw.apply(&format!("{PERMISSIVE_YAML}---\n{POLICIES}"));
+    gw.apply(&format!(
+        "{PERMISSIVE_YAML}---\n{DETAILS_STRICT_YAML}---\n{POLICIES}"
+    ));
     (gw, pki)
 }
 
