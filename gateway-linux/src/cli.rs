@@ -60,7 +60,15 @@ pub(crate) enum Command {
                             a second; SIGHUP reloads at once. An invalid change is rejected \
                             whole and the previous configuration keeps serving. SIGTERM or \
                             Ctrl-C stops accepting, lets in-flight requests finish (up to \
-                            --drain-timeout) and exits 0."
+                            --drain-timeout) and exits 0.\n\n\
+                            Resource limits come from the settings' `limits:` block \
+                            (defaults in brackets): maxConnections [10000] in total, \
+                            maxConnectionsPerSource [1000] per client IPv4 address or IPv6 /64, \
+                            headTimeout [10s] for the ClientHello, TLS handshake and each \
+                            HTTP/1 request head, idleTimeout [60s] for an HTTP connection on \
+                            which nothing moves, maxRequestHeadBytes [65536] (then 431), \
+                            upstreamConnectTimeout [5s] (then 503). The open-file limit is \
+                            raised to the hard limit at start."
     )]
     Serve(ServeArgs),
 
@@ -527,6 +535,37 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_help_states_the_limits_defaults() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string()
+            .replace('\n', " ");
+        let d = meshgate_config::settings::Limits::default();
+        for (name, value) in [
+            ("maxConnections", d.max_connections.to_string()),
+            (
+                "maxConnectionsPerSource",
+                d.max_connections_per_source.to_string(),
+            ),
+            ("headTimeout", format!("{}s", d.head_timeout.as_secs())),
+            ("idleTimeout", format!("{}s", d.idle_timeout.as_secs())),
+            ("maxRequestHeadBytes", d.max_request_head_bytes.to_string()),
+            (
+                "upstreamConnectTimeout",
+                format!("{}s", d.upstream_connect_timeout.as_secs()),
+            ),
+        ] {
+            assert!(
+                help.contains(&format!("{name} [{value}]")),
+                "serve --help must state {name} [{value}]: {help}"
+            );
+        }
     }
 
     #[test]
