@@ -21,7 +21,7 @@
 //! response to a slow reader not buffered). The figures are printed.
 //!
 //! The tests run one at a time (a shared lock): they measure latency on two
-//! cores.
+//! cores. A last test checks that `maxRequestHeadBytes` is honoured (431).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
@@ -516,4 +516,31 @@ fn slow_readers_of_large_responses_do_not_make_the_gateway_buffer() {
         lingering <= 10,
         "{lingering} connections still open {late} s into the attack: stalled readers not closed"
     );
+}
+
+#[test]
+fn request_heads_over_the_configured_limit_get_431() {
+    let gw = Gateway::start_with(GatewayOptions {
+        extra_settings: "limits: {maxRequestHeadBytes: 16384}\n".to_owned(),
+        ..GatewayOptions::default()
+    });
+    let status = |header_bytes: usize| {
+        let mut s = std::net::TcpStream::connect(gw.http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let req = format!(
+            "GET /details/0 HTTP/1.1\r\nHost: {DETAILS_HOST}\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(header_bytes)
+        );
+        // The gateway may answer and close before reading everything.
+        let _ = s.write_all(req.as_bytes());
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(status(8 * 1024), 200, "an 8 KiB head is within 16 KiB");
+    assert_eq!(status(24 * 1024), 431, "a 24 KiB head is over 16 KiB");
 }
