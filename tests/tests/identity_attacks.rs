@@ -163,10 +163,7 @@ subjectKeyIdentifier = hash
 /// Makes a self-signed CA in `dir` laid out as an Istio `cacerts`
 /// directory (the root signs directly).
 fn make_ca(dir: &Path, name: &str) {
-    std::fs::create_dir_all(dir.join("issued")).expect("ca dir");
-    std::fs::write(dir.join("ca.cnf"), CA_CNF).expect("ca.cnf");
-    std::fs::write(dir.join("index.txt"), "").expect("index");
-    std::fs::write(dir.join("serial"), "1000\n").expect("serial");
+    ca_bookkeeping(dir);
     openssl(
         dir,
         &[
@@ -195,12 +192,47 @@ fn make_ca(dir: &Path, name: &str) {
     std::fs::copy(dir.join("ca-cert.pem"), dir.join("cert-chain.pem")).expect("chain");
 }
 
+/// The files `openssl ca` keeps its state in.
+fn ca_bookkeeping(dir: &Path) {
+    std::fs::create_dir_all(dir.join("issued")).expect("ca dir");
+    std::fs::write(dir.join("ca.cnf"), CA_CNF).expect("ca.cnf");
+    std::fs::write(dir.join("index.txt"), "").expect("index");
+    std::fs::write(dir.join("serial"), "1000\n").expect("serial");
+}
+
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         make_ca(&dir.path().join("mesh-ca"), "mesh");
         make_ca(&dir.path().join("other-ca"), "other");
+        // Same subject name as the mesh CA, another key.
+        make_ca(&dir.path().join("impostor-ca"), "mesh");
         Pki { dir }
+    }
+
+    /// An "issuer" directory whose signing certificate is the mesh leaf
+    /// `(cert, key)`, so that a leaf can be signed by a leaf.
+    fn leaf_as_issuer(&self, leaf: &(String, String)) -> PathBuf {
+        let dir = self.dir.path().join("leaf-as-ca");
+        ca_bookkeeping(&dir);
+        std::fs::copy(&leaf.0, dir.join("ca-cert.pem")).expect("copy leaf");
+        std::fs::copy(&leaf.1, dir.join("ca-key.pem")).expect("copy key");
+        dir
+    }
+
+    /// A PEM file with `certs` concatenated (a chain to present).
+    fn chain(&self, name: &str, certs: &[&str]) -> String {
+        let mut pem = String::new();
+        for c in certs {
+            pem.push_str(&std::fs::read_to_string(c).expect("read cert"));
+        }
+        let path = self
+            .dir
+            .path()
+            .join("leaves")
+            .join(format!("{name}.chain.pem"));
+        std::fs::write(&path, pem).expect("write chain");
+        path.to_string_lossy().into_owned()
     }
 
     fn mesh_ca(&self) -> PathBuf {
@@ -610,6 +642,33 @@ fn forged_stale_and_confused_client_certificates_are_refused_with_their_reason()
             ),
             "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
             "not_a_client_certificate",
+        ),
+        (
+            "a CA with the mesh CA's name but another key",
+            pki.issue(
+                "impostor",
+                &Leaf {
+                    issuer: Some(pki.dir.path().join("impostor-ca")),
+                    ..leaf(&[CLIENT_ID])
+                },
+            ),
+            "TLSV1_ALERT_DECRYPT_ERROR",
+            "bad_signature",
+        ),
+        (
+            "a mesh leaf used as an intermediate CA",
+            {
+                let (evil, key) = pki.issue(
+                    "leaf-signed",
+                    &Leaf {
+                        issuer: Some(pki.leaf_as_issuer(&valid)),
+                        ..leaf(&["spiffe://cluster.local/ns/istio-system/sa/admin"])
+                    },
+                );
+                (pki.chain("leaf-signed", &[&evil, &valid.0]), key)
+            },
+            "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+            "leaf_used_as_ca",
         ),
         (
             "a revoked identity",

@@ -452,6 +452,9 @@ fn classify_handshake_error(e: &io::Error) -> &'static str {
         Error::InvalidCertificate(
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
         ) => "not_a_client_certificate",
+        // A chain whose issuer name matches the trust bundle but whose
+        // signature does not verify: a forged or impostor CA.
+        Error::InvalidCertificate(CertificateError::BadSignature) => "bad_signature",
         // webpki's path-building errors without a rustls variant of their
         // own arrive wrapped; the two role confusions get their own names.
         Error::InvalidCertificate(CertificateError::Other(other)) => {
