@@ -102,6 +102,9 @@ fn random_u32() -> u32 {
 pub(crate) struct IdentityManager {
     ca: Arc<CertificateAuthority>,
     spiffe_id: OwnedSpiffeId,
+    /// Host names the certificate also carries as DNS SANs (the services'
+    /// hosts), so name-checking clients can verify the gateway.
+    dns_names: Vec<String>,
     ttl: core::time::Duration,
     sink: Arc<dyn IdentitySink>,
     control: Arc<ControlPlane>,
@@ -131,10 +134,12 @@ impl IdentityHandle {
 
 impl IdentityManager {
     /// Issues the first certificate and installs it; the gateway does not
-    /// start without an identity.
+    /// start without an identity. `dns_names` must pass
+    /// [`meshgate_ca::ca::is_dns_san`].
     pub(crate) fn start(
         ca: Arc<CertificateAuthority>,
         spiffe_id: OwnedSpiffeId,
+        dns_names: Vec<String>,
         ttl: core::time::Duration,
         sink: Arc<dyn IdentitySink>,
         control: Arc<ControlPlane>,
@@ -146,6 +151,7 @@ impl IdentityManager {
         let mut m = IdentityManager {
             ca,
             spiffe_id,
+            dns_names,
             ttl,
             sink,
             control,
@@ -167,7 +173,13 @@ impl IdentityManager {
         let id = self.spiffe_id.borrow();
         let (issued, key) = self
             .ca
-            .issue_with_new_key(&id, Some(self.ttl), at, "meshgate-identity")
+            .issue_server_with_new_key(
+                &id,
+                &self.dns_names,
+                Some(self.ttl),
+                at,
+                "meshgate-identity",
+            )
             .map_err(|source| IdentityError::Issue {
                 id: id.as_str().to_owned(),
                 source,
@@ -390,8 +402,16 @@ mod tests {
         let sink = Arc::new(RecordingSink::default());
         let id = OwnedSpiffeId::parse("spiffe://cluster.local/ns/meshgate-system/sa/meshgate")
             .expect("id");
-        let (m, _) = IdentityManager::start(ca, id, TTL, sink.clone(), control, clock.clone())
-            .expect("first identity");
+        let (m, _) = IdentityManager::start(
+            ca,
+            id,
+            Vec::new(),
+            TTL,
+            sink.clone(),
+            control,
+            clock.clone(),
+        )
+        .expect("first identity");
         Fixture {
             _dir: dir,
             clock,

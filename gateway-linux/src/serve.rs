@@ -56,7 +56,9 @@ const POLL_INTERVAL: core::time::Duration = core::time::Duration::from_millis(25
 /// it writes only when a phase changes).
 const ROLLOVER_CHECK_INTERVAL: core::time::Duration = core::time::Duration::from_secs(1);
 
-/// Why the gateway could not start.
+/// Why the gateway could not start. A variant with a source error does not
+/// repeat it in its own message: `main` prints the whole chain
+/// (`message: source`), so repeating it would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
     /// The settings file is invalid.
@@ -72,7 +74,7 @@ pub(crate) enum ServeError {
     )]
     TlsFilesUnsupported(PathBuf),
     /// The data directory could not be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -81,7 +83,7 @@ pub(crate) enum ServeError {
     },
     /// The state store could not be opened (corrupt, locked by another
     /// gateway, unreadable).
-    #[error("cannot open the state store: {0}")]
+    #[error("cannot open the state store")]
     Store(#[from] meshgate_ca::StoreError),
     /// Loading or creating the admin token failed.
     #[error(transparent)]
@@ -90,7 +92,7 @@ pub(crate) enum ServeError {
     #[error(transparent)]
     Config(#[from] ChangeError),
     /// The CA could not be opened or created.
-    #[error("cannot open the certificate authority: {0}")]
+    #[error("cannot open the certificate authority")]
     Ca(#[from] meshgate_ca::CaError),
     /// The `cacerts` directory is incomplete.
     #[error("invalid --cacerts directory: {0}")]
@@ -99,7 +101,7 @@ pub(crate) enum ServeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// A listen address is taken or not allowed.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         /// What the socket is for.
         what: String,
@@ -109,13 +111,13 @@ pub(crate) enum ServeError {
         source: std::io::Error,
     },
     /// The services cannot be routed (e.g. two claim the same host).
-    #[error("the services cannot be routed: {0}")]
+    #[error("the services cannot be routed")]
     Snapshot(#[from] dataplane::SnapshotError),
     /// The first identity was issued but never reached the data plane.
     #[error("the gateway identity was not installed")]
     NoIdentity,
     /// The access-log file cannot be opened.
-    #[error("cannot open the access log {path}: {source}")]
+    #[error("cannot open the access log {path}")]
     AccessLog {
         /// The file.
         path: PathBuf,
@@ -297,6 +299,37 @@ fn service_infos(settings: &Settings) -> Vec<ServiceInfo> {
         .collect()
 }
 
+/// Most host names put into the gateway's certificate; a certificate with
+/// thousands of names would slow every handshake.
+const MAX_SERVING_NAMES: usize = 100;
+
+/// The DNS names the gateway's serving certificate carries: every host of
+/// every service it routes (so curl and browsers can verify it with the
+/// mesh roots instead of `-k`). Hosts that cannot be DNS SANs (IP
+/// addresses, short names) are left out with a note in the log.
+fn serving_names(settings: &Settings) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for host in settings.services.iter().flat_map(|s| &s.hosts) {
+        let host = host.to_ascii_lowercase();
+        if names.contains(&host) {
+            continue;
+        }
+        if !meshgate_ca::ca::is_dns_san(&host) {
+            tracing::info!(%host, "service host is not a DNS name; not in the gateway certificate");
+            continue;
+        }
+        if names.len() == MAX_SERVING_NAMES {
+            tracing::warn!(
+                max = MAX_SERVING_NAMES,
+                "more service hosts than fit the gateway certificate; the rest are left out"
+            );
+            break;
+        }
+        names.push(host);
+    }
+    names
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
@@ -429,6 +462,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let (identity_manager, identity) = IdentityManager::start(
         ca.clone(),
         settings.identity.spiffe_id.clone(),
+        serving_names(&settings),
         identity_ttl,
         sink.clone(),
         control.clone(),

@@ -183,6 +183,11 @@ pub enum CaError {
         "the signing root is a plugged-in CA ({0}); rolling it over to a generated root would leave your PKI (and the next start with --cacerts would refuse the state)"
     )]
     PluggedRollover(String),
+    /// A DNS name for a server certificate is not a host name.
+    #[error(
+        "{0:?} is not a DNS host name (letters, digits, '-', dots; optionally starting with '*.')"
+    )]
+    BadDnsName(String),
     /// The serial is not in the index of issued certificates.
     #[error("no unexpired certificate with serial {0} was issued by this CA")]
     UnknownSerial(Serial),
@@ -743,7 +748,7 @@ impl CertificateAuthority {
         actor: &str,
     ) -> Result<IssuedCertificate, CaError> {
         let public_key = csr_public_key(csr)?;
-        self.issue_for_key(&public_key, spiffe_id, ttl, now, actor)
+        self.issue_for_key(&public_key, spiffe_id, &[], ttl, now, actor)
     }
 
     /// Generates a P-256 key in memory and issues a certificate for it.
@@ -755,8 +760,29 @@ impl CertificateAuthority {
         now: UnixTime,
         actor: &str,
     ) -> Result<(IssuedCertificate, LeafKey), CaError> {
+        self.issue_server_with_new_key(spiffe_id, &[], ttl, now, actor)
+    }
+
+    /// Like [`Self::issue_with_new_key`], with DNS names as well: for the
+    /// gateway's own serving certificate, so that clients which check the
+    /// host name (curl, browsers) can verify it against the mesh roots.
+    /// The SPIFFE ID stays the only URI SAN — the identity mesh peers
+    /// check; DNS names are ignored by SPIFFE verification. Only the
+    /// gateway's own identity gets names: CSR issuance never does, so a
+    /// workload cannot obtain a certificate for a service's host name.
+    pub fn issue_server_with_new_key(
+        &self,
+        spiffe_id: &SpiffeId<'_>,
+        dns_names: &[String],
+        ttl: Option<Duration>,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<(IssuedCertificate, LeafKey), CaError> {
+        if let Some(bad) = dns_names.iter().find(|n| !is_dns_san(n)) {
+            return Err(CaError::BadDnsName(bad.clone()));
+        }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(crypto)?;
-        let issued = self.issue_for_key(&key, spiffe_id, ttl, now, actor)?;
+        let issued = self.issue_for_key(&key, spiffe_id, dns_names, ttl, now, actor)?;
         let der = PrivatePkcs8KeyDer::from(key.serialize_der());
         Ok((issued, LeafKey(der)))
     }
@@ -765,6 +791,7 @@ impl CertificateAuthority {
         &self,
         public_key: &impl PublicKeyData,
         spiffe_id: &SpiffeId<'_>,
+        dns_names: &[String],
         ttl: Option<Duration>,
         now: UnixTime,
         actor: &str,
@@ -808,6 +835,11 @@ impl CertificateAuthority {
         // rcgen marks the SAN critical when the subject is empty.
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(id.try_into().map_err(crypto)?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into().map_err(crypto)?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if public_key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
@@ -1742,6 +1774,29 @@ fn load_signer(store: &dyn Store, record: &RootRecord, now: UnixTime) -> Result<
         not_before,
         not_after,
     })
+}
+
+/// Whether `name` can be a DNS SAN: a host name of letters, digits and
+/// inner hyphens in labels of 1-63 characters, at most 253 characters, at
+/// least two labels, optionally a leading `*.` wildcard label; never an IP
+/// address (those would need IP SANs).
+pub fn is_dns_san(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let labels: Vec<&str> = host.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // The last label of a host name is never all digits (an IPv4
+        // address would pass the rules above otherwise).
+        && labels
+            .last()
+            .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parses a CSR (DER, or PEM when it starts with `-----BEGIN`), verifies

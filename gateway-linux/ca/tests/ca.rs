@@ -388,6 +388,61 @@ fn a_clock_before_the_signing_chain_is_refused_not_turned_into_a_broken_leaf() {
 }
 
 #[test]
+fn server_certificates_carry_dns_names_next_to_the_only_uri_san() {
+    use meshgate_ca::ca::is_dns_san;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = open_generated(dir.path(), now());
+    let names = vec![
+        "details.bookinfo.svc.cluster.local".to_owned(),
+        "*.example.com".to_owned(),
+    ];
+    let (issued, _) = ca
+        .issue_server_with_new_key(&id(WORKLOAD), &names, None, now(), "test")
+        .expect("issued");
+    let (_, cert) = X509Certificate::from_der(&issued.cert).expect("parse");
+    assert_eq!(
+        uri_sans(&cert),
+        vec![
+            format!("uri:{WORKLOAD}"),
+            "other:DNSName(\"details.bookinfo.svc.cluster.local\")".to_owned(),
+            "other:DNSName(\"*.example.com\")".to_owned(),
+        ]
+    );
+    webpki_verify(&issued, &ca.trust_bundle(), now()).expect("chain verifies");
+    let ee = webpki::EndEntityCert::try_from(&issued.cert).expect("leaf");
+    for ok in ["details.bookinfo.svc.cluster.local", "api.example.com"] {
+        let name = rustls_pki_types::ServerName::try_from(ok).expect("name");
+        ee.verify_is_valid_for_subject_name(&name)
+            .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+    let other =
+        rustls_pki_types::ServerName::try_from("ratings.bookinfo.svc.cluster.local").expect("name");
+    assert!(ee.verify_is_valid_for_subject_name(&other).is_err());
+
+    for bad in [
+        "10.0.0.1",
+        "localhost",
+        "a..b",
+        "-a.example.com",
+        "a_b.example.com",
+        "a.*.example.com",
+        "",
+    ] {
+        assert!(!is_dns_san(bad), "{bad:?}");
+        assert!(matches!(
+            ca.issue_server_with_new_key(&id(WORKLOAD), &[bad.to_owned()], None, now(), "t"),
+            Err(CaError::BadDnsName(n)) if n == bad
+        ));
+    }
+    // Workload certificates never get names.
+    let (plain, _) = ca
+        .issue_with_new_key(&id(WORKLOAD), None, now(), "test")
+        .expect("issued");
+    let (_, cert) = X509Certificate::from_der(&plain.cert).expect("parse");
+    assert_eq!(uri_sans(&cert), vec![format!("uri:{WORKLOAD}")]);
+}
+
+#[test]
 fn foreign_trust_domain_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = open_generated(dir.path(), now());
