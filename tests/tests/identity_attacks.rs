@@ -1037,3 +1037,50 @@ fn path_spellings_cannot_dodge_a_paths_rule() {
         );
     }
 }
+
+#[test]
+fn a_disable_sni_is_relayed_untouched_never_routed_by_host() {
+    let (gw, pki) = start();
+    gw.apply(
+        "\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: productpage-disable, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  mtls: {mode: DISABLE}
+",
+    );
+    let client = Client::new(&gw, &pki);
+    let details_before = gw.details.requests().len();
+    // TLS with productpage's SNI is not terminated under DISABLE: the bytes
+    // go to productpage's workload as they are, so a Host naming details is
+    // never read by the gateway, and details sees nothing.
+    let o = client.tls(Some(PRODUCTPAGE_HOST), None, DETAILS_HOST);
+    assert!(o.responses.is_empty(), "{:?}", o.raw);
+    assert_ne!(o.end, "ok", "{:?}", o.raw);
+    assert_eq!(
+        gw.details.requests().len(),
+        details_before,
+        "a DISABLE passthrough reached details"
+    );
+    let entries = entries_of(&gw, o.lport);
+    assert!(
+        !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| e["destination"] == format!("{PRODUCTPAGE_HOST}:9080")
+                    && e["mode"] == "DISABLE"),
+        "{entries:?}"
+    );
+    // Plaintext, Host details: STRICT still applies to details.
+    let o = client.plain(&[get(DETAILS_HOST, "/details/0", &[])]);
+    assert!(o.responses.is_empty(), "{:?}", o.raw);
+    assert!(
+        entries_of(&gw, o.lport)
+            .iter()
+            .any(|e| e["reason"] == "plaintext_under_strict"),
+        "{:?}",
+        o.raw
+    );
+}
