@@ -35,11 +35,7 @@ fn uri_sans(der: &[u8]) -> Vec<String> {
 fn cert_issue_writes_a_usable_identity_and_no_key_reaches_the_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let gw = Gateway::start(Start {
-        data_dir: &data,
-        config: None,
-        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
-    });
+    let gw = start(dir.path());
     let out_dir = dir.path().join("client-certs");
     let id = "spiffe://cluster.local/ns/legacy/sa/client";
     let out = gw.cli(&[
@@ -119,6 +115,15 @@ fn cert_issue_writes_a_usable_identity_and_no_key_reaches_the_gateway() {
     assert!(text(&out).1.contains("trust domain"), "{:?}", text(&out));
 }
 
+/// A gateway on the embedded default settings, data in `dir/data`.
+fn start(dir: &std::path::Path) -> Gateway {
+    Gateway::start(Start {
+        data_dir: &dir.join("data"),
+        config: None,
+        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
+    })
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
@@ -135,11 +140,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn ca_show_and_rotate_root() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start(Start {
-        data_dir: &dir.path().join("data"),
-        config: None,
-        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
-    });
+    let gw = start(dir.path());
     let out = gw.cli(&["ca", "show"]);
     let (show, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -219,11 +220,7 @@ fn issued_serial(stdout: &str) -> String {
 #[test]
 fn cert_revoke_by_serial_and_by_spiffe_id() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start(Start {
-        data_dir: &dir.path().join("data"),
-        config: None,
-        extra: vec!["--listen".into(), "http=127.0.0.1:0".into()],
-    });
+    let gw = start(dir.path());
     let issue = |id: &str, out: &str| {
         let out = gw.cli(&[
             "cert",

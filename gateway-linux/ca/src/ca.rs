@@ -920,18 +920,41 @@ impl CertificateAuthority {
     /// change yet, so peers can learn the new root first.
     pub fn add_generated_root(&self, now: UnixTime, actor: &str) -> Result<String, CaError> {
         let mut inner = self.lock();
+        let keep = inner.state.rollover.clone();
+        self.add_generated_locked(
+            &mut inner,
+            |id| format!("root roll-over: new root {id} trusted"),
+            |_| keep,
+            now,
+            actor,
+        )
+    }
+
+    /// Generates root `root-N` and its intermediate, stores their key
+    /// material, then commits the state that trusts the root, with the
+    /// roll-over record `rollover` makes for the new ID — one write.
+    fn add_generated_locked(
+        &self,
+        inner: &mut Inner,
+        note: impl FnOnce(&str) -> String,
+        rollover: impl FnOnce(&str) -> Option<Rollover>,
+        now: UnixTime,
+        actor: &str,
+    ) -> Result<String, CaError> {
         let id = format!("root-{}", inner.state.next_root);
         let g = generate_root(&self.rng, &self.config.trust_domain, &id, now)?;
-        let note = format!("root roll-over: new root {id} trusted");
+        let note = note(&id);
         let change = Change {
             actor,
             at: now,
             note: &note,
         };
+        // Key material first: until the state names the new root, these
+        // records are unreferenced (a crash here leaves the state as it
+        // was, and the next attempt overwrites them under the same ID).
         store_generated(&*self.store, &id, &g, &change)?;
         let record = root_record(&id, RootOrigin::Generated, &g.root, now);
-        let rollover = inner.state.rollover.clone();
-        self.commit_new_root(&mut inner, record, rollover, &change)?;
+        self.commit_new_root(inner, record, rollover(&id), &change)?;
         Ok(id)
     }
 
@@ -1074,30 +1097,26 @@ impl CertificateAuthority {
         if origin != &RootOrigin::Generated {
             return Err(CaError::PluggedRollover(origin.to_string()));
         }
-        let id = format!("root-{}", inner.state.next_root);
-        let g = generate_root(&self.rng, &self.config.trust_domain, &id, now)?;
-        let note = format!(
-            "root roll-over started: {id} trusted next to {old}; signing switches after {} s",
-            propagation.as_secs()
-        );
-        let change = Change {
-            actor,
-            at: now,
-            note: &note,
-        };
-        // Key material first: until the state names the new root, these
-        // records are unreferenced (a crash here leaves no roll-over, and
-        // the next attempt overwrites them under the same ID).
-        store_generated(&*self.store, &id, &g, &change)?;
-        let record = root_record(&id, RootOrigin::Generated, &g.root, now);
-        let rollover = Rollover::TrustBoth {
-            old_root: old,
-            new_root: id,
+        let switch_at = now.saturating_add(propagation);
+        let trust_both = |old_root: &str, new_root: &str| Rollover::TrustBoth {
+            old_root: old_root.to_owned(),
+            new_root: new_root.to_owned(),
             started_at: now,
-            switch_at: now.saturating_add(propagation),
+            switch_at,
         };
-        self.commit_new_root(&mut inner, record, Some(rollover.clone()), &change)?;
-        Ok(rollover)
+        let id = self.add_generated_locked(
+            &mut inner,
+            |id| {
+                format!(
+                    "root roll-over started: {id} trusted next to {old}; signing switches after {} s",
+                    propagation.as_secs()
+                )
+            },
+            |id| Some(trust_both(&old, id)),
+            now,
+            actor,
+        )?;
+        Ok(trust_both(&old, &id))
     }
 
     /// Moves the roll-over on as far as it may go at `now`: phase 1 → 2
