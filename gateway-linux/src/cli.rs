@@ -66,7 +66,8 @@ pub(crate) enum Command {
                             maxConnectionsPerSource [1000] per client IPv4 address or IPv6 /64, \
                             headTimeout [10s] for the ClientHello, TLS handshake and each \
                             HTTP/1 request head, idleTimeout [60s] for an HTTP connection on \
-                            which nothing moves, maxRequestHeadBytes [65536] (then 431), \
+                            which nothing moves (tcpIdleTimeout [1h] on tcp listeners), \
+                            maxRequestHeadBytes [65536] (then 431), \
                             upstreamConnectTimeout [5s] (then 503). The open-file limit is \
                             raised to the hard limit at start."
     )]
@@ -555,6 +556,10 @@ mod tests {
             ),
             ("headTimeout", format!("{}s", d.head_timeout.as_secs())),
             ("idleTimeout", format!("{}s", d.idle_timeout.as_secs())),
+            (
+                "tcpIdleTimeout",
+                format!("{}h", d.tcp_idle_timeout.as_secs() / 3600),
+            ),
             ("maxRequestHeadBytes", d.max_request_head_bytes.to_string()),
             (
                 "upstreamConnectTimeout",

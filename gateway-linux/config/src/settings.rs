@@ -37,6 +37,7 @@
 //!   maxConnectionsPerSource: 1000     # per client IPv4 address / IPv6 /64; more are closed at once
 //!   headTimeout: 10s                  # ClientHello + TLS handshake, and each HTTP/1 request head
 //!   idleTimeout: 60s                  # HTTP connection on which no byte moves either way
+//!   tcpIdleTimeout: 1h                # the same for TCP-proxied connections
 //!   maxRequestHeadBytes: 65536        # HTTP/1 head / HTTP/2 header list; larger gets 431
 //!   upstreamConnectTimeout: 5s        # connect (and handshake) to an upstream; then 503
 //! services:                           # ServiceEntry specs with name/namespace inline
@@ -139,9 +140,12 @@ pub struct Limits {
     /// An HTTP connection on which no byte moves, in either direction, for
     /// this long is closed: an idle keep-alive or HTTP/2 connection, a
     /// client that stops reading its response, a request whose upstream
-    /// stops answering. (TCP listeners are exempt: idle pooled database
-    /// connections are normal.)
+    /// stops answering.
     pub idle_timeout: Duration,
+    /// The same for TCP-proxied connections, much longer by default: idle
+    /// connections in a client's database pool are normal (Envoy's TCP
+    /// proxy default is the same hour).
+    pub tcp_idle_timeout: Duration,
     /// Largest HTTP/1 request head or HTTP/2 header list; a larger one is
     /// answered with `431`.
     pub max_request_head_bytes: u32,
@@ -165,6 +169,7 @@ impl Default for Limits {
             max_connections_per_source: 1_000,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            tcp_idle_timeout: Duration::from_secs(3600),
             max_request_head_bytes: 64 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
         }
@@ -827,6 +832,7 @@ fn decode_limits(r: &mut Reader, node: &Node, limits: &mut Limits) {
             "maxConnectionsPerSource",
             "headTimeout",
             "idleTimeout",
+            "tcpIdleTimeout",
             "maxRequestHeadBytes",
             "upstreamConnectTimeout",
         ],
@@ -867,6 +873,11 @@ fn decode_limits(r: &mut Reader, node: &Node, limits: &mut Limits) {
     for (name, slot, max) in [
         ("headTimeout", &mut limits.head_timeout, hour),
         ("idleTimeout", &mut limits.idle_timeout, 24 * hour),
+        (
+            "tcpIdleTimeout",
+            &mut limits.tcp_idle_timeout,
+            7 * 24 * hour,
+        ),
         (
             "upstreamConnectTimeout",
             &mut limits.upstream_connect_timeout,

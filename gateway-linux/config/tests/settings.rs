@@ -240,6 +240,7 @@ limits:
   maxConnectionsPerSource: 200
   headTimeout: 2s
   idleTimeout: 1m30s
+  tcpIdleTimeout: 2h
   maxRequestHeadBytes: 16384
   upstreamConnectTimeout: 500ms
 ")
@@ -251,6 +252,7 @@ limits:
             max_connections_per_source: 200,
             head_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(90),
+            tcp_idle_timeout: Duration::from_secs(7200),
             max_request_head_bytes: 16384,
             upstream_connect_timeout: Duration::from_millis(500),
         }

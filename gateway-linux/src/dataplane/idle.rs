@@ -1,4 +1,5 @@
-//! The inactivity timeout of HTTP connections (`limits.idleTimeout`).
+//! The inactivity timeout of client connections (`limits.idleTimeout` for
+//! HTTP, `limits.tcpIdleTimeout` for TCP listeners).
 //!
 //! [`Tracked`] wraps a client socket and notes when bytes last moved in
 //! either direction; [`expired`] resolves once none have for the timeout,
@@ -9,8 +10,8 @@
 //! a client that stops reading a response (the gateway's writes stall),
 //! and a request whose upstream stops answering.
 //!
-//! TCP-proxied connections are not subject to it: idle database
-//! connections in a client's pool are legitimate.
+//! TCP-proxied connections get a much longer timeout of their own: idle
+//! database connections in a client's pool are legitimate.
 
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};

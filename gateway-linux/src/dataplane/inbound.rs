@@ -43,8 +43,9 @@ use super::{ListenerSpec, Shared};
 /// smaller.
 const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024 + 5;
 
-/// Serves one accepted connection to completion. An HTTP connection on
-/// which no byte moves for `idle_timeout` is closed (see [`idle`]).
+/// Serves one accepted connection to completion. A connection on which no
+/// byte moves for the idle timeout of its listener's protocol is closed
+/// (see [`idle`]).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerSpec>,
@@ -54,16 +55,16 @@ pub(crate) async fn handle(
     let _ = stream.set_nodelay(true);
     let activity = idle::Activity::new();
     let stream = idle::Tracked::new(stream, activity.clone());
-    if listener.protocol != Protocol::Http {
-        return serve(shared, listener, stream, source).await;
-    }
-    let timeout = shared.options.idle_timeout;
+    let timeout = match listener.protocol {
+        Protocol::Http => shared.options.idle_timeout,
+        Protocol::Tcp => shared.options.tcp_idle_timeout,
+    };
     tokio::select! {
         () = serve(shared.clone(), listener, stream, source) => {}
         () = idle::expired(&activity, timeout) => {
             // Dropping `serve` closes the socket (and any upstream
             // connection of a request in flight).
-            tracing::debug!(%source, "closing an HTTP connection idle for {timeout:?}");
+            tracing::debug!(%source, "closing a connection idle for {timeout:?}");
             shared.metrics.connection(DecisionLabels {
                 destination: "-".to_owned(),
                 security: "none",

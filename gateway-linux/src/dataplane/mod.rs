@@ -13,7 +13,7 @@
 //!   loop with a connection limit (backpressure), a per-source cap (one
 //!   client cannot take every slot) and graceful drain;
 //! - [`inbound`]: sniffing, ClientHello/SNI routing, mode → handshake;
-//! - [`idle`]: the inactivity timeout of HTTP connections;
+//! - [`idle`]: the inactivity timeout of client connections;
 //! - [`http_proxy`]: per-request admission + authorization, XFCC, proxying;
 //! - [`tcp_proxy`]: TCP and DISABLE passthrough;
 //! - [`outbound`]: upstream connections, mTLS origination, secure naming;
@@ -78,6 +78,8 @@ pub(crate) struct Options {
     /// An HTTP connection on which no byte moves, in either direction,
     /// for this long is closed.
     pub(crate) idle_timeout: Duration,
+    /// The same for TCP-proxied connections.
+    pub(crate) tcp_idle_timeout: Duration,
     /// Largest HTTP/1 request head / HTTP/2 header list (at least 8 KiB,
     /// which hyper requires).
     pub(crate) max_request_head_bytes: usize,
@@ -94,6 +96,7 @@ impl Options {
             max_connections_per_source: size(l.max_connections_per_source),
             head_timeout: l.head_timeout,
             idle_timeout: l.idle_timeout,
+            tcp_idle_timeout: l.tcp_idle_timeout,
             max_request_head_bytes: size(l.max_request_head_bytes),
             upstream_connect_timeout: l.upstream_connect_timeout,
         }
