@@ -56,6 +56,11 @@ const POLL_INTERVAL: core::time::Duration = core::time::Duration::from_millis(25
 /// it writes only when a phase changes).
 const ROLLOVER_CHECK_INTERVAL: core::time::Duration = core::time::Duration::from_secs(1);
 
+/// In Kubernetes mode, replicas that do not hold the Lease re-read the
+/// shared CA state (roots, roll-over phase, revocations) every this many
+/// roll-over checks: one read of the state Secret per 10 s per replica.
+const REPLICA_RELOAD_TICKS: u32 = 10;
+
 /// Why the gateway could not start. A variant with a source error does not
 /// repeat it in its own message: `main` prints the whole chain
 /// (`message: source`), so repeating it would print it twice.
@@ -584,13 +589,31 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         let identity = identity.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move {
+            let mut ticks: u32 = 0;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(ROLLOVER_CHECK_INTERVAL) => {
+                        ticks = ticks.wrapping_add(1);
                         // Singleton work: only the Lease holder in Kubernetes mode.
                         let lead = leader.as_ref().is_none_or(|l| *l.borrow());
-                        if lead && admin::ca_api::advance_rollover(&ca) {
-                            identity.renew_now();
+                        if lead {
+                            if admin::ca_api::advance_rollover(&ca) {
+                                identity.renew_now();
+                            }
+                        } else if ticks.is_multiple_of(REPLICA_RELOAD_TICKS) {
+                            // The other replicas follow the leader's roll-over
+                            // phases and revocations from the shared store.
+                            let ca = ca.clone();
+                            let reloaded = tokio::task::spawn_blocking(move || {
+                                ca.reload(crate::identity::now())
+                            })
+                            .await;
+                            match reloaded {
+                                Ok(Ok(true)) => identity.renew_now(),
+                                Ok(Ok(false)) => {}
+                                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reload the shared CA state"),
+                                Err(e) => tracing::warn!(error = %e, "CA reload task failed"),
+                            }
                         }
                     }
                     () = crate::serve::stopped(stop.clone()) => return,

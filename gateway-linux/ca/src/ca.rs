@@ -1230,6 +1230,49 @@ impl CertificateAuthority {
         Ok(())
     }
 
+    /// Re-reads the records another process may change in a shared store
+    /// — the CA state (roots, signing root, roll-over phase) and the
+    /// revocation list — and adopts them. For replicas in Kubernetes mode,
+    /// where only the Lease holder moves a roll-over on. Returns whether
+    /// the trust bundle or the signing root changed (the caller re-issues
+    /// its own certificate then). A stored state this replica cannot load
+    /// (e.g. a signing key it cannot read) is an error and changes nothing.
+    pub fn reload(&self, now: UnixTime) -> Result<bool, CaError> {
+        let revocations: RevocationList =
+            get_json(&*self.store, &key(REVOCATIONS_KEY)?)?.unwrap_or_default();
+        {
+            let mut guard = self.revocations.write().unwrap_or_else(|p| p.into_inner());
+            if *guard != revocations {
+                *guard = revocations;
+            }
+        }
+        let Some(state) = get_json::<CaState>(&*self.store, &key(STATE_KEY)?)? else {
+            return Ok(false);
+        };
+        let mut inner = self.lock();
+        let unchanged = serde_json::to_vec(&state).ok() == serde_json::to_vec(&inner.state).ok();
+        if unchanged {
+            return Ok(false);
+        }
+        let signer = if state.signing == inner.state.signing {
+            None
+        } else {
+            Some(load_signer(
+                &*self.store,
+                find_root(&state, &state.signing)?,
+                now,
+            )?)
+        };
+        let roots = root_ders(&state)?;
+        let changed = signer.is_some() || roots != inner.roots;
+        inner.roots = roots;
+        inner.state = state;
+        if let Some(signer) = signer {
+            inner.signer = signer;
+        }
+        Ok(changed)
+    }
+
     /// Root roll-over, step 3 check: can `root_id` be dropped at `now`?
     pub fn drop_status(&self, root_id: &str, now: UnixTime) -> Result<DropStatus, CaError> {
         let inner = self.lock();

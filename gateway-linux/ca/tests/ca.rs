@@ -859,6 +859,94 @@ fn a_leftover_retired_root_is_dropped_like_a_roll_over_in_phase_two() {
     assert_eq!(ca.trust_bundle().len(), 1);
 }
 
+/// A store shared by several CA instances, as replicas share the
+/// Kubernetes Secret.
+#[derive(Default)]
+struct SharedStore(std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>);
+
+impl Store for SharedStore {
+    fn get(
+        &self,
+        key: &meshgate_ca::RecordKey,
+    ) -> Result<Option<Vec<u8>>, meshgate_ca::StoreError> {
+        Ok(self.0.lock().expect("lock").get(key.as_str()).cloned())
+    }
+    fn put(
+        &self,
+        key: &meshgate_ca::RecordKey,
+        value: &[u8],
+        _change: &meshgate_ca::Change<'_>,
+    ) -> Result<(), meshgate_ca::StoreError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .insert(key.as_str().to_owned(), value.to_vec());
+        Ok(())
+    }
+    fn delete(
+        &self,
+        key: &meshgate_ca::RecordKey,
+        _change: &meshgate_ca::Change<'_>,
+    ) -> Result<bool, meshgate_ca::StoreError> {
+        Ok(self.0.lock().expect("lock").remove(key.as_str()).is_some())
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<meshgate_ca::RecordKey>, meshgate_ca::StoreError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| meshgate_ca::RecordKey::new(k.clone()))
+            .collect()
+    }
+    fn audit_log(
+        &self,
+        _after: u64,
+    ) -> Result<Vec<meshgate_ca::AuditEntry>, meshgate_ca::StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_replica_follows_the_leaders_roll_over_and_revocations_by_reloading() {
+    let store = Arc::new(SharedStore::default());
+    let open = || {
+        CertificateAuthority::open(store.clone(), config(), &CaSource::Generate, now(), "r")
+            .expect("CA")
+    };
+    let leader = open();
+    let replica = open();
+    assert!(
+        !replica.reload(now()).expect("reload"),
+        "nothing changed yet"
+    );
+
+    leader
+        .start_rollover(Duration::from_secs(60), now(), "admin")
+        .expect("start");
+    assert!(replica.reload(now()).expect("reload"), "new root trusted");
+    assert_eq!(replica.trust_bundle().len(), 2);
+    assert_eq!(replica.rollover().map(|r| r.phase()), Some(1));
+    assert!(!replica.reload(now()).expect("reload"));
+
+    let later = now().saturating_add(Duration::from_secs(60));
+    leader.advance_rollover(later, "leader").expect("switch");
+    assert!(replica.reload(later).expect("reload"), "signing switched");
+    assert_eq!(replica.signing_root(), "root-2");
+    let (leaf, _) = replica
+        .issue_with_new_key(&id(WORKLOAD), None, later, "test")
+        .expect("issued by the replica");
+    assert_eq!(leaf.root_id, "root-2");
+    webpki_verify(&leaf, &leader.trust_bundle(), later).expect("the leader's bundle verifies it");
+
+    leader
+        .revoke_spiffe_id(&id(WORKLOAD), "test", later, "admin")
+        .expect("revoke");
+    assert!(!replica.is_revoked(WORKLOAD, &[1], later));
+    replica.reload(later).expect("reload");
+    assert!(replica.is_revoked(WORKLOAD, &[1], later));
+}
+
 #[test]
 fn forced_drop_ignores_valid_leaves() {
     let dir = tempfile::tempdir().expect("tempdir");
