@@ -3,8 +3,11 @@
 //! - [`store`]: the [`Store`] interface (named records + audit log) and the
 //!   crash-safe [`FileStore`] in the data directory.
 //! - [`ca`]: the [`CertificateAuthority`] — generated or plugged-in CA
-//!   material, SPIFFE issuance from CSRs or for in-memory keys, root
-//!   roll-over building blocks, revocation, and the `ca show` summary.
+//!   material, SPIFFE issuance from CSRs or for in-memory keys (with DNS
+//!   names for the gateway's own serving certificate), the phased root
+//!   roll-over ([`Rollover`]: trust both → switch → drop, persisted),
+//!   revocation, reloading state another replica changed, and the
+//!   `ca show` summary.
 //! - [`cacerts`]: loading and checking an Istio `cacerts` directory.
 //! - [`revocation`]: the revocation list (pure data).
 //! - [`secrets`]: bearer tokens (admin, enrollment) generated and stored
