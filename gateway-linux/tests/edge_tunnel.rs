@@ -368,6 +368,17 @@ impl Node {
         cfg: Arc<ClientConfig>,
         max_record: Arc<AtomicUsize>,
     ) -> io::Result<Node> {
+        Self::connect_with_window(addr, cfg, max_record, 16 * 1024).await
+    }
+
+    /// [`Node::connect`] announcing `recv_window` bytes of credit per
+    /// stream.
+    async fn connect_with_window(
+        addr: SocketAddr,
+        cfg: Arc<ClientConfig>,
+        max_record: Arc<AtomicUsize>,
+        recv_window: u32,
+    ) -> io::Result<Node> {
         let tcp = TcpStream::connect(addr).await?;
         let spy = Spy {
             inner: tcp,
@@ -381,7 +392,7 @@ impl Node {
         let tls = TlsConnector::from(cfg).connect(name, spy).await?;
         let mut cfg = SessionConfig::new(Role::Node);
         cfg.max_incoming_streams = 2;
-        cfg.recv_window = 16 * 1024;
+        cfg.recv_window = recv_window;
         let mut node = Node {
             tls,
             session: Session::new(cfg, Instant::from_millis(0), None),
@@ -514,8 +525,11 @@ impl Node {
 
 // ----- helpers: the gateway, an upstream, a legacy device -----
 
-/// `details`: answers every request with the XFCC header it received, or
-/// a 40 KiB body for `/big`.
+/// Body size of `details`' `/huge`: more than socket buffers hold.
+const HUGE: usize = 8 * 1024 * 1024;
+
+/// `details`: answers every request with the XFCC header it received, a
+/// 40 KiB body for `/big`, or [`HUGE`] bytes for `/huge`.
 async fn details_upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -536,6 +550,8 @@ async fn details_upstream() -> SocketAddr {
                 let head = String::from_utf8_lossy(&head).to_string();
                 let body = if head.starts_with("GET /big ") {
                     "x".repeat(40 * 1024)
+                } else if head.starts_with("GET /huge ") {
+                    "x".repeat(HUGE)
                 } else {
                     head.lines()
                         .find_map(|l| {
@@ -606,11 +622,11 @@ spec:
   rules:
   - from:
     - source:
-        principals: [cluster.local/ns/factory/sa/plc-gw-1]
+        principals: [cluster.local/ns/factory/sa/plc-gw-1, cluster.local/ns/scada/sa/hmi]
     to:
     - operation:
         methods: [GET]
-        paths: [/details/*, /big]
+        paths: [/details/*, /big, /huge]
 ",
     )
     .expect("policy");
@@ -747,19 +763,18 @@ async fn enroll(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_node_lifecycle_through_the_tunnel() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let details = details_upstream().await;
-    let device = legacy_device().await;
-    let settings = write_settings(dir.path(), details, device);
-    let gw = start_gateway(dir.path(), &settings);
-    let tunnel = printed_addr(&gw, "meshgate: edge tunnel listening on ");
+    // The trust bundle a node is provisioned with, and an mTLS client.
+    let Bed {
+        dir,
+        gw,
+        tunnel,
+        device,
+        hmi,
+        roots,
+    } = Bed::start().await;
     let plc_listener = printed_addr(&gw, "meshgate: listening on plc ");
     let http_listener = printed_addr(&gw, "meshgate: listening on http ");
     let max_record = Arc::new(AtomicUsize::new(0));
-
-    // The trust bundle a node is provisioned with, and an mTLS client.
-    let hmi = issue_client(&gw, dir.path(), "spiffe://cluster.local/ns/scada/sa/hmi").await;
-    let roots = pem_certs(&hmi.join("ca.pem"));
 
     // STRICT holds: a plaintext call to details is refused.
     {
@@ -1027,18 +1042,48 @@ async fn edge_node_lifecycle_through_the_tunnel() {
     assert!(out.contains("plc-gw-1") && out.contains("revoked"), "{out}");
 }
 
+/// A gateway with `details`, the legacy device service and the
+/// policies of [`write_settings`], and an mTLS client identity (hmi).
+struct Bed {
+    dir: tempfile::TempDir,
+    gw: Gateway,
+    tunnel: SocketAddr,
+    /// The legacy device (behind node plc-gw-1 in the settings).
+    device: SocketAddr,
+    /// Directory of hmi's certificate files.
+    hmi: std::path::PathBuf,
+    /// The trust bundle.
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl Bed {
+    async fn start() -> Bed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let details = details_upstream().await;
+        let device = legacy_device().await;
+        let settings = write_settings(dir.path(), details, device);
+        let gw = start_gateway(dir.path(), &settings);
+        let tunnel = printed_addr(&gw, "meshgate: edge tunnel listening on ");
+        let hmi = issue_client(&gw, dir.path(), "spiffe://cluster.local/ns/scada/sa/hmi").await;
+        let roots = pem_certs(&hmi.join("ca.pem"));
+        Bed {
+            dir,
+            gw,
+            tunnel,
+            device,
+            hmi,
+            roots,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_certificate_that_is_not_a_node_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let details = details_upstream().await;
-    let device = legacy_device().await;
-    let settings = write_settings(dir.path(), details, device);
-    let gw = start_gateway(dir.path(), &settings);
-    let tunnel = printed_addr(&gw, "meshgate: edge tunnel listening on ");
-    let hmi = issue_client(&gw, dir.path(), "spiffe://cluster.local/ns/scada/sa/hmi").await;
-    let roots = pem_certs(&hmi.join("ca.pem"));
+    let bed = Bed::start().await;
+    let Bed { hmi, roots, .. } = &bed;
+    let tunnel = bed.tunnel;
     let cfg = client_config(
-        &roots,
+        roots,
         Some((
             pem_certs(&hmi.join("chain.pem")),
             pem_key(&hmi.join("key.pem")),
@@ -1057,7 +1102,7 @@ async fn a_mesh_certificate_that_is_not_a_node_is_refused() {
 
     // A node-shaped request on an enrollment connection without a token
     // that exists gets InvalidToken, and renewal is not available there.
-    let mut node = Node::connect(tunnel, client_config(&roots, None), Arc::default())
+    let mut node = Node::connect(tunnel, client_config(roots, None), Arc::default())
         .await
         .expect("TLS");
     assert_eq!(node.next().await, Ev::Connected);
@@ -1069,4 +1114,349 @@ async fn a_mesh_certificate_that_is_not_a_node_is_refused() {
         matches!(ev, Ev::PeerError(ErrorCode::Protocol, _)),
         "{ev:?}"
     );
+}
+
+// ----- hardening (issue 10) -----
+
+/// Creates node `name` with a token, enrolls it and returns its
+/// certificate chain (leaf first) and key.
+async fn enrolled(
+    gw: &Gateway,
+    tunnel: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    name: &str,
+) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+    let (ok, out, err) = cli(
+        gw,
+        &[
+            "edge",
+            "token",
+            "create",
+            "--namespace",
+            "factory",
+            "--name",
+            name,
+            "--listen",
+            &format!("8080={DETAILS}:9080"),
+        ],
+    )
+    .await;
+    assert!(ok, "token create: {err}");
+    let (ev, key) = enroll(tunnel, roots, &token_from(&out), Arc::default()).await;
+    let Ev::Certificate { chain, .. } = ev else {
+        panic!("enrollment answered {ev:?}");
+    };
+    let chain = chain.into_iter().map(CertificateDer::from).collect();
+    (chain, key.expect("key"))
+}
+
+/// An operating tunnel with `chain`/`key`, through hello and the
+/// configuration push (acked); or the event that ended it.
+async fn operate_with(
+    tunnel: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    chain: &[CertificateDer<'static>],
+    key: &rcgen::KeyPair,
+    recv_window: u32,
+) -> Result<Node, Ev> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let cfg = client_config(roots, Some((chain.to_vec(), key)));
+    let mut node = Node::connect_with_window(tunnel, cfg, Arc::default(), recv_window)
+        .await
+        .expect("TLS with a certificate of the mesh CA");
+    assert_eq!(node.next().await, Ev::Connected);
+    match node.next().await {
+        Ev::Config { version, .. } => {
+            node.send(&Message::ConfigAck(ConfigAck { version })).await;
+            Ok(node)
+        }
+        other => Err(other),
+    }
+}
+
+fn not_issued_to_node(ev: &Ev) -> bool {
+    matches!(ev, Ev::PeerError(ErrorCode::Protocol, d) if d.contains("not issued to this edge node"))
+}
+
+/// The tunnel binds a node to the certificates the gateway issued to it
+/// (enrollment and renewal), not to its SPIFFE ID alone: a mesh
+/// certificate minted for the node's identity with `meshgate cert issue`,
+/// or one two renewals old, is refused; the current and the previous one
+/// (a renewal the node may not have stored) are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_certificates_issued_to_the_node_open_its_tunnel() {
+    let bed = Bed::start().await;
+    let Bed { gw, roots, .. } = &bed;
+    let tunnel = bed.tunnel;
+    let (cert0, key0) = enrolled(gw, tunnel, roots, "plc-gw-1").await;
+
+    // Same SPIFFE ID, same CA, valid, not revoked, but minted outside
+    // enrollment: not the node.
+    let minted = issue_client(gw, bed.dir.path(), NODE_ID).await;
+    let minted_key = std::fs::read_to_string(minted.join("key.pem")).expect("key");
+    let minted_key = rcgen::KeyPair::from_pem(&minted_key).expect("PEM key");
+    let refused = operate_with(
+        tunnel,
+        roots,
+        &pem_certs(&minted.join("chain.pem")),
+        &minted_key,
+        16 * 1024,
+    )
+    .await
+    .err()
+    .expect("a minted certificate must not open the node's tunnel");
+    assert!(not_issued_to_node(&refused), "{refused:?}");
+
+    // The enrolled certificate works; two renewals over it.
+    let mut node = operate_with(tunnel, roots, &cert0, &key0, 16 * 1024)
+        .await
+        .expect("the enrolled certificate opens the tunnel");
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let (key, csr) = key_and_csr(None);
+        node.send(&Message::RenewRequest(RenewRequest { csr_der: &csr }))
+            .await;
+        let Ev::Certificate { chain, .. } = node.next_control().await else {
+            panic!("expected a renewed certificate");
+        };
+        issued.push((
+            chain
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect::<Vec<_>>(),
+            key,
+        ));
+    }
+    drop(node);
+    let (cert1, key1) = &issued[0];
+    let (cert2, key2) = &issued[1];
+    let refused = operate_with(tunnel, roots, &cert0, &key0, 16 * 1024)
+        .await
+        .err()
+        .expect("a certificate two renewals old must not open the tunnel");
+    assert!(not_issued_to_node(&refused), "{refused:?}");
+    operate_with(tunnel, roots, cert1, key1, 16 * 1024)
+        .await
+        .expect("the previous certificate still opens the tunnel");
+    operate_with(tunnel, roots, cert2, key2, 16 * 1024)
+        .await
+        .expect("the current certificate opens the tunnel");
+}
+
+/// The gateway's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// One legitimate mTLS request to details through the HTTP listener:
+/// `Ok(latency)` for a 200.
+async fn mtls_details(http: SocketAddr, cfg: Arc<ClientConfig>) -> Result<Duration, String> {
+    let started = std::time::Instant::now();
+    let req = async {
+        let tcp = TcpStream::connect(http).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(DETAILS).map_err(|e| e.to_string())?;
+        let mut tls = TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(
+            format!("GET /details/1 HTTP/1.1\r\nHost: {DETAILS}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.starts_with("HTTP/1.1 200") {
+            Ok(started.elapsed())
+        } else {
+            Err(text.lines().next().unwrap_or("no answer").to_owned())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), req)
+        .await
+        .unwrap_or_else(|_| Err("no answer in 5 s".to_owned()))
+}
+
+/// Issue 10: an edge node that stops reading its tunnel (with four node
+/// streams asking for 8 MiB each and credit for all of it, and mesh clients of the device behind
+/// it knocking) — legitimate mTLS clients keep being served (success rate
+/// and p99 measured), the gateway's memory stays bounded, the stalled
+/// tunnel is dropped after the write-stall timeout, and the device's mesh
+/// clients then fail promptly instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_its_tunnel_does_not_hurt_mesh_clients() {
+    let bed = Bed::start().await;
+    let Bed { gw, hmi, roots, .. } = &bed;
+    let tunnel = bed.tunnel;
+    let http_listener = printed_addr(gw, "meshgate: listening on http ");
+    let plc_listener = printed_addr(gw, "meshgate: listening on plc ");
+    let hmi_cfg = client_config(
+        roots,
+        Some((
+            pem_certs(&hmi.join("chain.pem")),
+            pem_key(&hmi.join("key.pem")),
+        )),
+    );
+    let (chain, key) = enrolled(gw, tunnel, roots, "plc-gw-1").await;
+    // Credit for a whole `/huge` answer per stream: the gateway may send
+    // far more than the sockets between it and the node can hold.
+    let window = u32::try_from(HUGE).expect("window");
+    let mut node = operate_with(tunnel, roots, &chain, &key, window)
+        .await
+        .expect("tunnel");
+    let pid = gw.child.id();
+    // Warm up the legitimate path before the baseline.
+    for _ in 0..20 {
+        mtls_details(http_listener, hmi_cfg.clone())
+            .await
+            .expect("details before the stall");
+    }
+    let rss_before = rss_kib(pid);
+
+    // The stall: four node streams each asking for 8 MiB; then the node
+    // reads nothing more but keeps its connection.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(node.open(DETAILS, 9080).await);
+    }
+    let mut accepted = 0;
+    while accepted < ids.len() {
+        if let Ev::Accepted { .. } = node.next_significant().await {
+            accepted += 1;
+        }
+    }
+    for id in &ids {
+        node.send_all(
+            *id,
+            b"GET /huge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    }
+    let stall_start = std::time::Instant::now();
+    eprintln!("edge_tunnel: node stopped reading its tunnel");
+
+    // Mesh clients of the device behind the stalled node.
+    let knockers: Vec<_> = (0..16)
+        .map(|_| {
+            let cfg = hmi_cfg.clone();
+            tokio::spawn(async move {
+                let try_once = async {
+                    let tcp = TcpStream::connect(plc_listener).await?;
+                    let name = ServerName::try_from("plc-1.factory").expect("name");
+                    let mut tls = TlsConnector::from(cfg).connect(name, tcp).await?;
+                    tls.write_all(b"read coil 7").await?;
+                    let mut buf = [0u8; 64];
+                    tls.read(&mut buf).await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), try_once).await;
+            })
+        })
+        .collect();
+
+    // Legitimate mTLS clients during the stall: 4 concurrent loops.
+    let window = Duration::from_secs(8);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let cfg = hmi_cfg.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < window {
+                    out.push(mtls_details(http_listener, cfg.clone()).await);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut peak = rss_kib(pid);
+    let mut results = Vec::new();
+    for c in clients {
+        results.extend(c.await.expect("client task"));
+        peak = peak.max(rss_kib(pid));
+    }
+    let ok: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let mut lat = ok.clone();
+    lat.sort();
+    let p99 = lat
+        .get((lat.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default();
+    let rate = ok.len() as f64 / results.len().max(1) as f64;
+    eprintln!(
+        "edge_tunnel: during the stall: {} of {} legitimate mTLS requests OK ({:.2} %), p99 {} ms; gateway RSS {} KiB -> peak {} KiB",
+        ok.len(),
+        results.len(),
+        rate * 100.0,
+        p99.as_millis(),
+        rss_before,
+        peak
+    );
+    assert!(
+        results.len() >= 40,
+        "only {} requests in {window:?}",
+        results.len()
+    );
+    assert!(rate >= 0.99, "success {rate}: {failed:?}");
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    assert!(
+        peak.saturating_sub(rss_before) < 64 * 1024,
+        "gateway memory grew by {} KiB",
+        peak - rss_before
+    );
+
+    // The stalled tunnel is dropped (write-stall timeout, 10 s) ...
+    let dropped = admin_support::eventually(Duration::from_secs(20), || {
+        let (status, body) = gw.get("/api/v1/edge/nodes/plc-gw-1", gw.token.as_deref());
+        status == 200 && body.contains("\"connected\":false")
+    });
+    assert!(
+        dropped,
+        "the stalled tunnel is still up: {:?}\n{}",
+        gw.get("/api/v1/edge/nodes/plc-gw-1", gw.token.as_deref()),
+        gw.more_output().join("\n")
+    );
+    eprintln!(
+        "edge_tunnel: stalled tunnel dropped {:.1} s after the node stopped reading",
+        stall_start.elapsed().as_secs_f64()
+    );
+    // ... every mesh client of its device got an answer or an error ...
+    for k in knockers {
+        tokio::time::timeout(Duration::from_secs(15), k)
+            .await
+            .expect("a device client still hangs")
+            .expect("knocker task");
+    }
+    // ... and a new one fails promptly.
+    let t = std::time::Instant::now();
+    let tcp = TcpStream::connect(plc_listener).await.expect("connect");
+    let name = ServerName::try_from("plc-1.factory").expect("name");
+    let attempt = async {
+        let mut tls = TlsConnector::from(hmi_cfg.clone())
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"read coil 7").await?;
+        let mut buf = [0u8; 64];
+        tls.read(&mut buf).await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "device client after the drop: {r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let rss_after = rss_kib(pid);
+    eprintln!("edge_tunnel: gateway RSS after the drop {rss_after} KiB");
+    drop(node);
 }

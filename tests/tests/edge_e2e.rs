@@ -118,13 +118,16 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The firmware workspace's target directory: `CARGO_TARGET_DIR` when the
-/// firmware was built with one, else its own `target/`.
+/// The firmware workspace's target directory: `MESHGATE_EDGE_TARGET_DIR`,
+/// else `CARGO_TARGET_DIR` (one shared by both workspaces), else its own
+/// `gateway-embedded/target`.
 fn firmware_target() -> PathBuf {
-    std::env::var_os("MESHGATE_EDGE_TARGET_DIR").map_or_else(
-        || repo_root().join("gateway-embedded/target"),
-        PathBuf::from,
-    )
+    std::env::var_os("MESHGATE_EDGE_TARGET_DIR")
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR"))
+        .map_or_else(
+            || repo_root().join("gateway-embedded/target"),
+            PathBuf::from,
+        )
 }
 
 fn host_bin() -> PathBuf {

@@ -509,20 +509,22 @@ impl EdgeConnector for EdgeServer {
                 )
             })?;
             let (reply, answer) = oneshot::channel();
-            tx.send(Cmd::Open {
-                host: rule.host.clone(),
-                port,
-                reply,
-            })
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "edge tunnel closed"))?;
-            match tokio::time::timeout(DEVICE_CONNECT_TIMEOUT, answer).await {
-                Ok(Ok(Ok(io))) => Ok(Box::new(io) as Box<dyn UpstreamIo>),
-                Ok(Ok(Err(e))) => Err(e),
-                Ok(Err(_)) => Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "edge tunnel closed",
-                )),
+            let closed = || io::Error::new(io::ErrorKind::ConnectionAborted, "edge tunnel closed");
+            // The whole exchange is bounded, queueing included: a tunnel
+            // whose node stopped reading stops taking commands.
+            let open = async {
+                tx.send(Cmd::Open {
+                    host: rule.host.clone(),
+                    port,
+                    reply,
+                })
+                .await
+                .map_err(|_| closed())?;
+                answer.await.map_err(|_| closed())?
+            };
+            match tokio::time::timeout(DEVICE_CONNECT_TIMEOUT, open).await {
+                Ok(Ok(io)) => Ok(Box::new(io) as Box<dyn UpstreamIo>),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("edge node {node} did not reach its device in time"),

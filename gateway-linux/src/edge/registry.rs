@@ -104,12 +104,29 @@ pub(crate) struct NodeRecord {
     config_fingerprint: Option<String>,
     pub(crate) enrolled_at: Option<UnixTime>,
     pub(crate) cert_serial: Option<String>,
+    /// The serial the node held before its last renewal: its tunnel is
+    /// still accepted with it, in case the node never received (or could
+    /// not store) the renewed certificate. Any other certificate for the
+    /// node's SPIFFE ID — one minted by `meshgate cert issue`, say — is
+    /// not the node's (see [`NodeRecord::holds_serial`]).
+    #[serde(default)]
+    pub(crate) prev_cert_serial: Option<String>,
     pub(crate) cert_not_after: Option<UnixTime>,
     pub(crate) revoked_at: Option<UnixTime>,
     pub(crate) revoked_reason: Option<String>,
 }
 
 impl NodeRecord {
+    /// True when a certificate with serial `hex_serial` (lowercase hex)
+    /// was issued to this node through enrollment or renewal and is its
+    /// current or previous one.
+    pub(crate) fn holds_serial(&self, hex_serial: &str) -> bool {
+        [&self.cert_serial, &self.prev_cert_serial]
+            .into_iter()
+            .flatten()
+            .any(|s| s.eq_ignore_ascii_case(hex_serial))
+    }
+
     /// When the outstanding token expires, if there is one.
     pub(crate) fn token_expires_at(&self) -> Option<UnixTime> {
         self.token.as_ref().map(|t| t.expires_at)
@@ -326,6 +343,7 @@ impl Registry {
                 config_fingerprint: None,
                 enrolled_at: None,
                 cert_serial: None,
+                prev_cert_serial: None,
                 cert_not_after: None,
                 revoked_at: None,
                 revoked_reason: None,
@@ -418,16 +436,14 @@ impl Registry {
             .map_err(|e| RegistryError::Identity(e.to_string()))?;
         let actor = format!("edge:{name}");
         let issued = ca.issue_from_csr(csr_der, &id.borrow(), ttl, now, &actor)?;
+        rec.prev_cert_serial = rec.cert_serial.take();
         rec.cert_serial = Some(issued.serial.to_string());
         rec.cert_not_after = Some(issued.not_after);
-        match self.persist(&rec, &actor, now, &format!("edge node {name} renewed")) {
-            Ok(()) => {
-                nodes.insert(name.to_owned(), rec);
-            }
-            // The certificate is valid and in the CA's index either way;
-            // only the status shown to administrators would lag.
-            Err(e) => tracing::warn!(node = name, error = %e, "could not record renewal"),
-        }
+        // The tunnel accepts only serials recorded here, so a renewal that
+        // is not durable is not delivered: the node keeps its working
+        // certificate and retries (the issued one just goes unused).
+        self.persist(&rec, &actor, now, &format!("edge node {name} renewed"))?;
+        nodes.insert(name.to_owned(), rec);
         Ok(issued)
     }
 

@@ -68,6 +68,15 @@ pub(crate) const TLS_MAX_PLAINTEXT: usize = 4096;
 const TLS_RECORD_HEADER: usize = 5;
 /// Time allowed for the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may leave the gateway's bytes unread (no progress on a
+/// write) before its tunnel is dropped. The tunnel's loop waits on its
+/// writes, so without this bound a node that stops reading would freeze
+/// its tunnel for good: no revocation, no timeouts, mesh clients of its
+/// devices waiting. A node on a slow link still moves a 16 KiB batch in
+/// far less.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the TLS close_notify when closing.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time allowed for a whole enrollment connection.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a tunnel re-checks that its node is still enrolled and its
@@ -313,6 +322,8 @@ enum ConnError {
     HandshakeTimeout,
     #[error("TLS configuration: {0}")]
     TlsConfig(rustls::Error),
+    #[error("the node stopped reading: nothing written for {WRITE_STALL_TIMEOUT:?}")]
+    WriteStalled,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
     #[error("frame: {0}")]
@@ -405,12 +416,30 @@ impl FrameIo {
         Ok(())
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.wr.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        self.wr.flush().await
+    /// Writes everything queued; fails with [`ConnError::WriteStalled`]
+    /// when the node takes none of it for [`WRITE_STALL_TIMEOUT`].
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        let write = async {
+            let mut done = 0;
+            while done < self.out.len() {
+                // Each write that makes progress restarts the clock.
+                match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.wr.write(&self.out[done..]))
+                    .await
+                {
+                    Ok(Ok(0)) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(Ok(n)) => done += n,
+                    Ok(Err(e)) => return Err(ConnError::Io(e)),
+                    Err(_) => return Err(ConnError::WriteStalled),
+                }
+            }
+            match tokio::time::timeout(WRITE_STALL_TIMEOUT, self.wr.flush()).await {
+                Ok(r) => r.map_err(ConnError::Io),
+                Err(_) => Err(ConnError::WriteStalled),
+            }
+        };
+        let result = write.await;
+        self.out.clear();
+        result
     }
 
     /// Reads more bytes; `false` at end of stream.
@@ -423,8 +452,9 @@ impl FrameIo {
 
     /// Sends what is queued and closes the TLS connection (close_notify).
     async fn close(&mut self) {
-        let _ = self.flush().await;
-        let _ = self.wr.shutdown().await;
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.wr.shutdown()).await;
+        }
     }
 }
 
@@ -638,6 +668,13 @@ async fn operate(
     }
     if rec.state != NodeState::Enrolled {
         return refuse(io, false, "edge node is not enrolled").await;
+    }
+    // The SPIFFE ID alone does not make a node: the certificate must be
+    // one the gateway issued to this node (enrollment or renewal), not
+    // another mesh certificate that happens to carry its identity.
+    if !rec.holds_serial(&hex::encode(&serial)) {
+        tracing::warn!(%remote, node = %rec.name, serial = %hex::encode(&serial), "tunnel refused: certificate not issued to this node");
+        return refuse(io, false, "certificate was not issued to this edge node").await;
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(CMD_QUEUE);
     let conn_id = server

@@ -79,12 +79,17 @@ fn ip(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
 }
 
+/// The image: `MESHGATE_QEMU_ELF`, else where `scripts/qemu-smoke` builds
+/// it (`CARGO_TARGET_DIR`, else the workspace's `target/`).
 fn qemu_elf() -> std::path::PathBuf {
-    match std::env::var_os("MESHGATE_QEMU_ELF") {
-        Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../target/thumbv7em-none-eabihf/release/qemu-mps2-an386"),
+    if let Some(p) = std::env::var_os("MESHGATE_QEMU_ELF") {
+        return p.into();
     }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        std::path::PathBuf::from,
+    );
+    target.join("thumbv7em-none-eabihf/release/qemu-mps2-an386")
 }
 
 #[test]
