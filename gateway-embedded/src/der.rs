@@ -26,6 +26,8 @@ pub(crate) mod tag {
     pub(crate) const CONTEXT_3: u8 = 0xa3;
     /// `[6]` primitive, context-specific: GeneralName uniformResourceIdentifier.
     pub(crate) const GENERAL_NAME_URI: u8 = 0x86;
+    /// GeneralName dNSName `[2] IMPLICIT IA5String`.
+    pub(crate) const GENERAL_NAME_DNS: u8 = 0x82;
 }
 
 /// The output buffer is too small for the value being written.
@@ -211,6 +213,31 @@ pub(crate) fn for_each_uri_san<'a>(
     cert_der: &'a [u8],
     mut f: impl FnMut(&'a [u8]),
 ) -> Result<(), CertParseError> {
+    for_each_san(cert_der, |tag, value| {
+        if tag == tag::GENERAL_NAME_URI {
+            f(value);
+        }
+    })
+}
+
+/// The first dNSName subject-alternative name without a wildcard, if any.
+pub(crate) fn first_dns_san(cert_der: &[u8]) -> Option<&[u8]> {
+    let mut first = None;
+    for_each_san(cert_der, |tag, value| {
+        if tag == tag::GENERAL_NAME_DNS && first.is_none() && !value.contains(&b'*') {
+            first = Some(value);
+        }
+    })
+    .ok()?;
+    first
+}
+
+/// Calls `f` with the tag and content of every subject-alternative name
+/// (GeneralName) of a DER certificate.
+fn for_each_san<'a>(
+    cert_der: &'a [u8],
+    mut f: impl FnMut(u8, &'a [u8]),
+) -> Result<(), CertParseError> {
     use CertParseError::Malformed;
     let (cert, _) = read_tlv(cert_der).ok_or(Malformed)?;
     if cert.tag != tag::SEQUENCE {
@@ -249,9 +276,7 @@ pub(crate) fn for_each_uri_san<'a>(
         }
         for name in children(names.content) {
             let name = name.ok_or(Malformed)?;
-            if name.tag == tag::GENERAL_NAME_URI {
-                f(name.content);
-            }
+            f(name.tag, name.content);
         }
         found = true;
     }

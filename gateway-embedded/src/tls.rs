@@ -124,6 +124,18 @@ impl TlsVerifier<CipherSuite> for GatewayVerifier<'_> {
             .or_else(|| self.roots.iter().copied().find(|r| *r == top))
             .ok_or(TlsError::InvalidCertificate)?;
         let mut inner = CertVerifier::new(Certificate::X509(root));
+        // rustpki's verifier also matches a host name against the leaf's
+        // DNS names, and without one demands that the leaf has none. Our
+        // identity check is the SPIFFE pin above; the gateway's certificate
+        // may carry DNS names for its HTTP clients, so the leaf's own first
+        // name is given, which makes that match a no-op while chain
+        // signatures and validity are still checked. (rustpki refuses DNS
+        // names over 64 bytes and reads only the first three.)
+        if let Some(name) =
+            crate::der::first_dns_san(leaf).and_then(|n| core::str::from_utf8(n).ok())
+        {
+            inner.set_hostname_verification(name)?;
+        }
         inner.verify_certificate(transcript, cert)?;
         self.inner = Some(inner);
         Ok(())
@@ -224,6 +236,39 @@ mod tests {
         let r = verify(&[&ca.cert_der], &[&leaf]);
         assert!(r.is_ok(), "{r:?}");
         assert!(verify(&[&ca.cert_der], &[&leaf, &ca.cert_der]).is_ok());
+    }
+
+    /// The gateway's serving certificate names its routed hosts as DNS
+    /// SANs next to its SPIFFE ID; the node accepts it on the SPIFFE ID.
+    #[test]
+    fn gateway_certificate_with_dns_names_is_accepted() {
+        let ca = TestCa::new("mesh root");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = std::vec![
+            rcgen::SanType::URI(String::from(GATEWAY).try_into().unwrap()),
+            rcgen::SanType::DnsName("*.bookinfo.svc.cluster.local".try_into().unwrap()),
+            rcgen::SanType::DnsName("details.bookinfo.svc.cluster.local".try_into().unwrap()),
+            rcgen::SanType::DnsName("plc-1.factory".try_into().unwrap()),
+        ];
+        let leaf = ca.sign(&params, &key);
+        let r = verify(&[&ca.cert_der], &[&leaf]);
+        assert!(r.is_ok(), "{r:?}");
+        // DNS names do not stand in for the pinned identity.
+        params.subject_alt_names = std::vec![
+            rcgen::SanType::URI(
+                String::from("spiffe://cluster.local/ns/x/sa/y")
+                    .try_into()
+                    .unwrap()
+            ),
+            rcgen::SanType::DnsName("details.bookinfo.svc.cluster.local".try_into().unwrap()),
+        ];
+        let leaf = ca.sign(&params, &key);
+        assert!(matches!(
+            verify(&[&ca.cert_der], &[&leaf]),
+            Err(TlsError::InvalidCertificate)
+        ));
     }
 
     #[test]
