@@ -73,3 +73,6 @@ fn init_logging() {
         builder.try_init()
     };
 }
+
+#[doc(hidden)]
+pub mod fuzzing;
