@@ -36,6 +36,9 @@ echo "   built in $(( $(date +%s) - start )) s"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# The harnesses' state stores (CA, registry, a whole gateway's data dir).
+export MESHGATE_FUZZ_DIR="$scratch/state"
+mkdir -p "$MESHGATE_FUZZ_DIR"
 passed=0
 failed=0
 for target in $targets; do

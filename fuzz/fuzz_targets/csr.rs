@@ -41,15 +41,18 @@ impl Drop for State {
 }
 
 fn new_state(n: u64) -> State {
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = std::path::PathBuf::from(format!(
-        "{base}/meshgate-fuzz-csr-{}-{n}",
-        std::process::id()
-    ));
+    // Like the gateway harnesses: $MESHGATE_FUZZ_DIR, else tmpfs.
+    let base = std::env::var_os("MESHGATE_FUZZ_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let shm = std::path::Path::new("/dev/shm");
+            if shm.is_dir() {
+                shm.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    let dir = base.join(format!("meshgate-fuzz-csr-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (store, _) = FileStore::open(&dir).expect("store");
     let store: Arc<dyn Store> = Arc::new(store);

@@ -192,6 +192,10 @@ pub fn check_request(req: &SeenRequest, uri_of: &dyn Fn(&str) -> Option<String>)
 /// never have been reached.
 pub fn check_seen(h: &Harness, raw_only: bool, uri_of: &dyn Fn(&str) -> Option<String>) {
     let (requests, streams) = h.take_seen();
+    if std::env::var_os("MESHGATE_FUZZ_VERBOSE").is_some() {
+        // Triage aid: what actually got through.
+        eprintln!("upstream requests: {requests:#?}\nupstream streams: {streams:?}");
+    }
     for r in &requests {
         check_request(r, uri_of);
     }

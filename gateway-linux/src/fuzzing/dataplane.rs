@@ -608,22 +608,54 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
     // error is an expected outcome, not a harness failure.
     let _ = stream.write_all(bytes).await;
     let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
     let mut response = Vec::new();
     let mut buf = [0u8; 16 * 1024];
-    let closed = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let room = MAX_RESPONSE.saturating_sub(response.len());
-                    response.extend_from_slice(&buf[..n.min(room)]);
-                }
+    let mut eof = false;
+    // Let the gateway act on everything sent before half-closing: hyper
+    // drops an in-flight request when it reads EOF, so closing at once
+    // would keep requests from ever reaching an upstream. Everything runs
+    // on this one-thread runtime over loopback, so "nothing happened for
+    // QUIET rounds of the scheduler (each polls the I/O driver)" means the
+    // gateway and the upstreams are idle — without a wall-clock wait.
+    const QUIET: u32 = 64;
+    let mut quiet = 0;
+    let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        while quiet < QUIET {
+            tokio::select! {
+                biased;
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => {
+                        eof = true;
+                        return;
+                    }
+                    Ok(n) => {
+                        let room = MAX_RESPONSE.saturating_sub(response.len());
+                        response.extend_from_slice(&buf[..n.min(room)]);
+                        quiet = 0;
+                    }
+                },
+                () = tokio::task::yield_now() => quiet += 1,
             }
         }
     })
-    .await
-    .is_ok();
+    .await;
+    if !eof {
+        let _ = stream.shutdown().await;
+    }
+    let closed = eof
+        || tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let room = MAX_RESPONSE.saturating_sub(response.len());
+                        response.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
+        })
+        .await
+        .is_ok();
     Exchange {
         source,
         handshake_ok,

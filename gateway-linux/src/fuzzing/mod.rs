@@ -24,14 +24,20 @@ pub mod enroll;
 
 use std::path::PathBuf;
 
-/// A fresh private directory for a harness's state, on tmpfs when there is
-/// one (the state store fsyncs every write; on tmpfs that costs nothing).
+/// A fresh private directory for a harness's state: under
+/// `$MESHGATE_FUZZ_DIR` if set (CI points it at a directory it removes
+/// afterwards), else on tmpfs when there is one (the state store fsyncs
+/// every write; on tmpfs that costs nothing).
 fn scratch_dir(what: &str) -> PathBuf {
     static NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-    let base = ["/dev/shm", "/tmp"]
-        .iter()
+    let base = std::env::var_os("MESHGATE_FUZZ_DIR")
         .map(PathBuf::from)
-        .find(|p| p.is_dir())
+        .or_else(|| {
+            ["/dev/shm", "/tmp"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_dir())
+        })
         .unwrap_or_else(std::env::temp_dir);
     let n = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let dir = base.join(format!("meshgate-fuzz-{}-{what}-{n}", std::process::id()));
