@@ -345,10 +345,12 @@ impl Harness {
             let dp = DataPlane::new(
                 Arc::new(ArcSwap::from_pointee(snapshot)),
                 Arc::new(ArcSwap::from_pointee(identity)),
+                // The production limits, with shorter waits: a fuzz input
+                // that stalls should cost seconds, not minutes.
                 Options {
-                    max_connections: 1024,
                     head_timeout: Duration::from_secs(3),
                     upstream_connect_timeout: Duration::from_secs(3),
+                    ..Options::default()
                 },
                 AccessLogSink::Discard,
             );
