@@ -591,6 +591,43 @@ mod tests {
             .to_vec()
     }
 
+    /// The record holds the enrolled serial, then after each renewal the
+    /// new one and the one before it; a reload keeps both.
+    #[test]
+    fn renewal_keeps_the_current_and_previous_serial() {
+        let (dir, reg, ca) = setup();
+        let now = UnixTime::from_secs(1_700_000_000);
+        let (_, token) = reg
+            .create_token("factory", "plc-gw-1", None, None, now, "test")
+            .expect("token");
+        let (_, s0) = reg.enroll(&token, &csr(), &ca, None, now).expect("enroll");
+        let s0 = s0.serial.to_string();
+        let rec = reg.get("plc-gw-1").expect("rec");
+        assert!(rec.holds_serial(&s0) && rec.holds_serial(&s0.to_ascii_uppercase()));
+        let s1 = reg
+            .renew("plc-gw-1", &csr(), &ca, None, now)
+            .expect("renew")
+            .serial
+            .to_string();
+        let s2 = reg
+            .renew("plc-gw-1", &csr(), &ca, None, now)
+            .expect("renew")
+            .serial
+            .to_string();
+        let rec = reg.get("plc-gw-1").expect("rec");
+        assert!(rec.holds_serial(&s2) && rec.holds_serial(&s1));
+        assert!(!rec.holds_serial(&s0), "two renewals old");
+        assert!(!rec.holds_serial(""));
+        // The store is locked while open: close both users first.
+        drop(reg);
+        drop(ca);
+        let (store, _) = FileStore::open(dir.path()).expect("store");
+        let td = OwnedTrustDomain::parse("cluster.local").expect("td");
+        let reg = Registry::load(Arc::new(store), td).expect("reload");
+        let rec = reg.get("plc-gw-1").expect("rec");
+        assert!(rec.holds_serial(&s2) && rec.holds_serial(&s1) && !rec.holds_serial(&s0));
+    }
+
     #[test]
     fn token_is_one_time_expires_and_fixes_the_identity() {
         let (_dir, reg, ca) = setup();
