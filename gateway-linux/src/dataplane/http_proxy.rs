@@ -190,6 +190,23 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether the port of a Host / `:authority` value, if it has one, is
+/// empty or a decimal number that fits in 16 bits (RFC 3986 `port`).
+fn has_valid_port(host: &str) -> bool {
+    let port = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .and_then(|(_, tail)| tail.strip_prefix(':')),
+        None => host
+            .rsplit_once(':')
+            .filter(|(name, _)| !name.contains(':'))
+            .map(|(_, p)| p),
+    };
+    port.is_none_or(|p| {
+        p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+    })
+}
+
 async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
@@ -216,6 +233,16 @@ async fn handle(
         }
         _ => request_host(&req),
     };
+    // Routing and authorization use the name part of the Host; the
+    // upstream gets the raw value. A port that is not a number would make
+    // them disagree (`a.b: x` was routed to `a.b`), so it is refused.
+    if host.as_deref().is_some_and(|h| !has_valid_port(h)) {
+        rec.decision("deny", "invalid_host", None);
+        return Ok(rec.local(
+            StatusCode::BAD_REQUEST,
+            "meshgate: invalid port in Host\n".to_owned(),
+        ));
+    }
     let Some(route) = host
         .as_deref()
         .and_then(|h| snapshot.route(h, ctx.listener.port))
@@ -630,6 +657,30 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(mut r) = self.record.take() {
             r.finish(self.sent, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_valid_port;
+
+    /// Regression for fuzz/http_head: `Host: a.b: fuzz` was routed to
+    /// `a.b` while the upstream received the raw value.
+    #[test]
+    fn host_port_must_be_a_number() {
+        for ok in ["a.b", "a.b:9080", "a.b:", "[::1]:80", "[::1]", "a.b:65535"] {
+            assert!(has_valid_port(ok), "{ok}");
+        }
+        for bad in [
+            "a.b: fuzz",
+            "a.b:xx",
+            "a.b:+80",
+            "a.b:65536",
+            "a.b:80 ",
+            "[::1]:x",
+        ] {
+            assert!(!has_valid_port(bad), "{bad}");
         }
     }
 }

@@ -43,6 +43,9 @@ impl core::fmt::Debug for Admin {
 /// An admin API answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// False if the request could not even be built (a method, target or
+    /// header value the HTTP client refuses): nothing was sent.
+    pub sent: bool,
     /// The status code; `None` if the connection failed or timed out.
     pub status: Option<u16>,
     /// The response headers, lowercase names.
@@ -124,8 +127,8 @@ impl Admin {
     }
 
     /// Sends one request; `auth` is the `Authorization` header value
-    /// (`None`: no header). `path_and_query` must be a valid request
-    /// target; an invalid one is answered `None` without being sent.
+    /// (`None`: no header). A request the HTTP client cannot build (invalid
+    /// target or header value) is not sent ([`Answer::sent`] is false).
     pub fn request(
         &self,
         method: &str,
@@ -134,6 +137,7 @@ impl Admin {
         body: &[u8],
     ) -> Answer {
         let failed = Answer {
+            sent: true,
             status: None,
             headers: Vec::new(),
             body: Vec::new(),
@@ -147,7 +151,10 @@ impl Admin {
             builder = builder.header(http::header::AUTHORIZATION, a);
         }
         let Ok(req) = builder.body(Full::new(Bytes::copy_from_slice(body))) else {
-            return failed;
+            return Answer {
+                sent: false,
+                ..failed
+            };
         };
         let addr = self.addr;
         self.rt.block_on(async move {
@@ -174,6 +181,7 @@ impl Admin {
                     }
                 }
                 Some(Answer {
+                    sent: true,
                     status: Some(status),
                     headers,
                     body,
