@@ -27,9 +27,11 @@
 //! `notAfter` reports the certificate expired) — correct, since the
 //! certificate really is that old if the new time is right. A clock that
 //! jumps **backward** leaves the renewal point where it is (the certificate
-//! did not get younger), but a pending retry is pulled in to at most
-//! [`RenewalPolicy::retry_max`] from the new `now`, so a backward step can
-//! never stall retries for longer than the cap.
+//! did not get younger), but a pending retry that now lies further away
+//! than [`RenewalPolicy::retry_max`] — which no backoff produces, so only a
+//! backward step can cause it — is due at once: a backward step never
+//! stalls retries. (Capping it at `now + retry_max` instead would never come
+//! due, because the cap moves with every poll.)
 
 use core::fmt;
 use core::time::Duration;
@@ -307,12 +309,12 @@ impl Rotation {
             (None, Some(renew)) => renew,
             (None, None) => return Action::Renew,
         };
-        // A backward clock step must not push a retry beyond the cap.
-        let due = match self.retry_at {
-            Some(_) => due.min(now.saturating_add(self.policy.retry_max)),
-            None => due,
-        };
-        if now >= due {
+        // A retry further away than the backoff cap was scheduled before a
+        // backward clock step: retry now rather than wait for the old time.
+        let stalled = self
+            .retry_at
+            .is_some_and(|retry| retry > now.saturating_add(self.policy.retry_max));
+        if stalled || now >= due {
             Action::Renew
         } else {
             Action::Wait(due)
