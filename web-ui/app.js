@@ -606,9 +606,9 @@ function viewCertificates() {
     });
     const roll = h("button", { type: "button", class: "danger" }, "Roll the root…");
     roll.addEventListener("click", () => openDialog("Roll the root CA?",
-      [h("p", {}, "A new root is generated and trusted next to the current one; signing switches to it and the gateway's certificate is re-issued. The old root stays trusted until nothing it signed is still valid, so clients keep working throughout."),
+      [h("p", {}, "A new root is generated and trusted next to the current one while the current one keeps signing (phase 1). After the propagation period signing switches to the new root and the gateway's certificate is re-issued (phase 2). The old root stays trusted until nothing it signed is still valid, so clients keep working throughout."),
         h("p", { class: "hint" }, "Clients outside the gateway must pick up the new trust bundle before the old root is dropped.")],
-      "Roll the root", async () => { await api("POST", "/api/v1/ca/rotate-root", { force: false }); toast("Root rolled: signing with the new root."); viewCertificates(); }, roll));
+      "Roll the root", async () => { await api("POST", "/api/v1/ca/rotate-root", { force: false }); toast("Root roll-over started: both roots trusted; signing switches after the propagation period."); viewCertificates(); }, roll));
     const rootRows = ca.roots.map((r) => h("tr", {},
       h("td", {}, r.id, r.signing ? [" ", badge("signing", "ok")] : null),
       h("td", { class: "mono hide-narrow" }, r.fingerprint_sha256.slice(0, 23) + "…"),
@@ -639,7 +639,8 @@ function viewCertificates() {
             h("dt", {}, "Trust domain"), h("dd", { class: "mono" }, ca.trust_domain),
             h("dt", {}, "Signing root"), h("dd", {}, ca.signing_root),
             h("dt", {}, "Signing chain expires"), h("dd", {}, expiryBadge(ca.signing_not_after, 30 * 86400), " ", until(ca.signing_not_after)),
-            h("dt", {}, "Revocations"), h("dd", {}, String(ca.active_revocations))))),
+            h("dt", {}, "Revocations"), h("dd", {}, String(ca.active_revocations)),
+            ca.rollover ? [h("dt", {}, "Root roll-over"), h("dd", {}, ca.rollover.description)] : null))),
       h("section", { class: "panel", "aria-labelledby": "roots-h" },
         h("h2", { id: "roots-h" }, "Trusted roots"),
         table(["Root", { label: "SHA-256", cls: "hide-narrow" }, "Expiry", { label: "Origin", cls: "hide-narrow" }, { label: "Valid / issued", cls: "num" }, "Status"], rootRows)),

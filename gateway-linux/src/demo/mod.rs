@@ -98,7 +98,7 @@ pub(crate) enum DemoError {
     #[error(transparent)]
     Files(#[from] FilesError),
     /// A workload port is taken.
-    #[error("cannot listen on {addr} for {what}: {source} (pick another port with --{what}-port)")]
+    #[error("cannot listen on {addr} for {what} (pick another port with --{what}-port)")]
     Bind {
         /// Which workload.
         what: &'static str,

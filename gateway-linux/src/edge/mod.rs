@@ -65,7 +65,7 @@ const DEVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EdgeError {
     /// The listener could not be bound.
-    #[error("cannot listen on {addr} (edge tunnel): {source}")]
+    #[error("cannot listen on {addr} (edge tunnel)")]
     Bind {
         /// The address.
         addr: SocketAddr,
