@@ -15,11 +15,13 @@
 //! requests get hyper's `400` and a close; a request head over
 //! `limits.maxRequestHeadBytes` (or with too many header fields) gets `431`.
 
+use core::future::{Future, poll_fn};
 use core::net::SocketAddr;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::task::{Context, Poll};
 use core::time::Duration;
+use std::io;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -34,13 +36,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use meshgate_core::mtls::{MeshIdentity, Presented, Rejection, TlsVersion, admit};
 use meshgate_core::spiffe::Principal;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::access_log::{AccessEntry, now_rfc3339};
-use super::identity::Protocol;
+use super::identity::{Identity, Protocol};
+use super::idle::Tracked;
 use super::metrics::DecisionLabels;
-use super::outbound;
+use super::outbound::{self, DialError};
 use super::peer::PeerIdentity;
+use super::pool::Lease;
+use super::prefixed::Prefixed;
 use super::snapshot::{AuthzRequest, ModeDecision, Route, Snapshot, split_host_port};
 use super::{ListenerSpec, Shared, request_path, xfcc};
 
@@ -159,7 +165,7 @@ where
         .max_concurrent_streams(256);
     let mut shutdown = ctx.shared.shutdown.subscribe();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
+    let svc = service_fn(move |req| handle(svc_ctx.clone(), req, None));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -175,6 +181,248 @@ where
                 tracing::debug!(source = %ctx.source, error = %e, "HTTP connection ended during drain");
             }
         }
+    }
+}
+
+/// A client transport that can report readability without reading, so an
+/// idle HTTP/1 connection can wait for its next request without a parser
+/// (and its buffers) attached.
+pub(crate) trait Parkable: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Ready once bytes (or EOF, or an error) can be read.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<Tracked<TcpStream>> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Only called after a read returned Pending: rustls then holds no
+        // decrypted bytes and no complete record, so new socket bytes are
+        // all that can wake it.
+        self.get_ref().0.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl Parkable for Prefixed<Tracked<TcpStream>> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.prefix().is_empty() {
+            self.get_ref().get_ref().poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+/// Whether plaintext starting with `first` may be an HTTP/2 prior-knowledge
+/// connection (a prefix of the client preface, or the whole preface).
+pub(crate) fn may_be_h2_preface(first: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = first.len().min(PREFACE.len());
+    first[..n] == PREFACE[..n]
+}
+
+/// Serves HTTP/1.1 on `io`, detaching the parser between requests.
+///
+/// hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for as long
+/// as a connection lives, which dominated the memory of idle keep-alive
+/// connections. Here a hyper connection serves requests only while the
+/// client keeps sending them back to back; once a response has been flushed
+/// and no further bytes are waiting, [`ParkingIo`] reports a clean end of
+/// input, hyper finishes without shutting the transport down and hands it
+/// back with any bytes it read ahead, and the connection waits for
+/// readability with nothing but the transport (the "parked" state) before a
+/// new hyper connection picks it up. The idle wait is bounded by the
+/// connection's idle timeout (`inbound`); the head timeout applies from a
+/// request's first byte. The client sees one ordinary keep-alive
+/// connection.
+pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.shared.options.head_timeout)
+        .max_buf_size(ctx.shared.options.max_request_head_bytes)
+        .max_headers(MAX_HEADERS);
+    let park = Arc::new(ParkState::default());
+    let mut shutdown = ctx.shared.shutdown.subscribe();
+    let mut io = io;
+    let mut pending = Bytes::new();
+    // The first request may already sit decrypted in rustls (TLS 1.3
+    // clients send it right behind their Finished), so the first parser
+    // attaches without waiting; later waits follow a read that found
+    // nothing, so socket readability is the only way new bytes appear.
+    let mut attached_before = false;
+    loop {
+        if attached_before && pending.is_empty() {
+            tokio::select! {
+                r = poll_fn(|cx| io.poll_readable(cx)) => if let Err(e) = r {
+                    tracing::debug!(source = %ctx.source, error = %e, "idle connection failed");
+                    return;
+                },
+                () = super::stop_requested(&mut shutdown) => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+        }
+        attached_before = true;
+        park.start_connection();
+        let transport = ParkingIo {
+            inner: Prefixed::new(pending, io),
+            park: park.clone(),
+        };
+        let svc_ctx = ctx.clone();
+        let svc_park = park.clone();
+        let svc = service_fn(move |req| {
+            let in_flight = InFlight::start(&svc_park);
+            Box::pin(handle(svc_ctx.clone(), req, Some(in_flight)))
+        });
+        // Boxed: the parser's state is allocated only while it is
+        // attached, and the connection's task stays small while parked.
+        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(transport), svc));
+        let mut draining = false;
+        let done = {
+            let stop = super::stop_requested(&mut shutdown);
+            tokio::pin!(stop);
+            poll_fn(|cx| {
+                if !draining && stop.as_mut().poll(cx).is_ready() {
+                    // Drain: finish the request in flight, then close.
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                conn.poll_without_shutdown(cx)
+            })
+            .await
+        };
+        if let Err(e) = done {
+            tracing::debug!(source = %ctx.source, error = %e, "HTTP connection ended with an error");
+            return;
+        }
+        let parts = Pin::into_inner(conn).into_parts();
+        let (rest, inner) = parts.io.into_inner().inner.into_parts();
+        io = inner;
+        if !park.parked() || draining {
+            // The client closed (or asked to close) or the gateway is
+            // draining: hyper has written its last response.
+            let _ = io.shutdown().await;
+            return;
+        }
+        // Bytes hyper read ahead come before those it never replayed.
+        pending = match (parts.read_buf.is_empty(), rest.is_empty()) {
+            (_, true) => parts.read_buf,
+            (true, false) => rest,
+            (false, false) => {
+                let mut b = bytes::BytesMut::with_capacity(parts.read_buf.len() + rest.len());
+                b.extend_from_slice(&parts.read_buf);
+                b.extend_from_slice(&rest);
+                b.freeze()
+            }
+        };
+    }
+}
+
+/// What [`ParkingIo`] knows about the HTTP exchange on top of it.
+#[derive(Debug, Default)]
+struct ParkState {
+    /// Requests whose response has not been completely produced.
+    in_flight: AtomicUsize,
+    /// A flush completed with no request in flight and nothing written
+    /// since: every response byte has left the process.
+    clean: AtomicBool,
+    /// A clean end of input was reported to hyper to detach it.
+    parked: AtomicBool,
+}
+
+impl ParkState {
+    fn start_connection(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
+        self.clean.store(false, Ordering::Relaxed);
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    fn parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight until its response is complete (the
+/// access-log record finishes when the response body ends or is dropped).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ParkState>);
+
+impl InFlight {
+    fn start(park: &Arc<ParkState>) -> Self {
+        park.in_flight.fetch_add(1, Ordering::Relaxed);
+        park.clean.store(false, Ordering::Relaxed);
+        Self(park.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The transport under a hyper HTTP/1 connection: passes everything
+/// through, except that once the connection is clean (see [`ParkState`])
+/// a read that would block reports end of input instead, which hyper
+/// treats as the client closing an idle keep-alive connection. A read that
+/// finds bytes passes them on, so pipelined requests are served as usual.
+struct ParkingIo<IO> {
+    inner: Prefixed<IO>,
+    park: Arc<ParkState>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ParkingIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_pending()
+            && self.park.in_flight.load(Ordering::Relaxed) == 0
+            && self.park.clean.load(Ordering::Relaxed)
+        {
+            self.park.parked.store(true, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ParkingIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.park.clean.store(false, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.park.clean.store(false, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(polled, Poll::Ready(Ok(()))) && self.park.in_flight.load(Ordering::Relaxed) == 0
+        {
+            self.park.clean.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -210,9 +458,11 @@ fn has_valid_port(host: &str) -> bool {
 async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
+    in_flight: Option<InFlight>,
 ) -> Result<Response<ProxyBody>, Refused> {
     let snapshot = ctx.shared.snapshot.load_full();
     let mut rec = Record::new(&ctx, &snapshot, &req);
+    rec.in_flight = in_flight;
     // RFC 9112 §3.2: a request with more than one Host field is invalid and
     // must get 400. Which of them counts differs between implementations,
     // so accepting one would let a client be routed and authorized as one
@@ -317,34 +567,178 @@ async fn handle(
         ctx.source,
         rec.received.clone(),
     );
-    let (io, endpoint) = match outbound::connect(
-        &route,
-        &identity,
-        Protocol::Http,
-        ctx.shared.options.upstream_connect_timeout,
-        false,
-        ctx.shared.edge.get().map(|c| &**c),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
+    let sent = forward(&ctx, &route, &identity, upstream_req).await;
+    match sent {
+        Ok((resp, lease)) => Ok(rec.respond(resp, lease)),
+        Err(ForwardError::Connect(e)) => {
             tracing::warn!(destination = %route.destination(), error = %e, "upstream unavailable");
             rec.reason(e.reason());
-            return Ok(rec.local(StatusCode::SERVICE_UNAVAILABLE, format!("meshgate: {e}\n")));
+            Ok(rec.local(StatusCode::SERVICE_UNAVAILABLE, format!("meshgate: {e}\n")))
         }
-    };
-    match forward(io, upstream_req).await {
-        Ok(resp) => Ok(rec.respond(resp)),
-        Err(e) => {
-            tracing::warn!(destination = %route.destination(), %endpoint, error = %e, "upstream request failed");
+        Err(ForwardError::Request { endpoint, error }) => {
+            tracing::warn!(destination = %route.destination(), %endpoint, %error, "upstream request failed");
             rec.reason("upstream_request_failed");
             Ok(rec.local(
                 StatusCode::BAD_GATEWAY,
-                format!("meshgate: upstream {endpoint} request failed: {e}\n"),
+                format!("meshgate: upstream {endpoint} request failed: {error}\n"),
             ))
         }
     }
+}
+
+/// Why a request got no upstream response.
+enum ForwardError {
+    /// No upstream connection could be had.
+    Connect(outbound::UpstreamError),
+    /// The connection failed while the request was (maybe) sent.
+    Request {
+        endpoint: String,
+        error: hyper::Error,
+    },
+}
+
+/// An upstream HTTP/1.1 connection for `route`: the endpoint in turn, over
+/// a pooled connection if one is idle for it (and `pooled`), else a fresh
+/// one. Endpoints that do not accept the TCP connection are skipped.
+async fn upstream_lease(
+    ctx: &ConnContext,
+    route: &Route,
+    identity: &Arc<Identity>,
+    pooled: bool,
+) -> Result<(Lease<UpstreamBody>, String), outbound::UpstreamError> {
+    let shared = &ctx.shared;
+    let timeout = shared.options.upstream_connect_timeout;
+    let mut tried = 0;
+    let mut last = None;
+    for endpoint in route.endpoints_in_turn() {
+        tried += 1;
+        let key = outbound::pool_key(&endpoint, route, identity);
+        if pooled && let Some(key) = &key {
+            while let Some(mut lease) = shared.pool.checkout(key, |p| shared.is_revoked(p)) {
+                // Ready fails if the upstream closed the connection since.
+                if let Ok(Ok(())) = tokio::time::timeout(timeout, lease.sender.ready()).await {
+                    return Ok((lease, endpoint.address.to_string()));
+                }
+            }
+        }
+        let dialed = match outbound::dial(
+            &endpoint,
+            route,
+            identity,
+            Protocol::Http,
+            timeout,
+            false,
+            shared.edge.get().map(|c| &**c),
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(DialError::Next(e)) => {
+                last = Some(e);
+                continue;
+            }
+            Err(DialError::Fatal(e)) => return Err(e),
+        };
+        let handshake = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, UpstreamBody>(TokioIo::new(dialed.io))
+            .await;
+        let (sender, conn) = match handshake {
+            Ok(h) => h,
+            Err(e) => {
+                last = Some(std::io::Error::other(e));
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        let lease = Lease::fresh(
+            sender,
+            key,
+            dialed.upstream.is_some().then(|| identity.clone()),
+            dialed.upstream,
+        );
+        return Ok((lease, dialed.shown));
+    }
+    Err(outbound::exhausted(route, tried, last))
+}
+
+/// Sends `req` upstream. A request that a reused connection could not
+/// start sending (the upstream closed it while idle) is retried once on a
+/// fresh connection. So is a request the upstream dropped unanswered on a
+/// reused connection (it closed the idle connection just as the request
+/// went out, RFC 9112 §9.3.1) if it is idempotent and bodiless, so that
+/// replaying it is harmless; any other request that may have reached the
+/// upstream is never replayed.
+async fn forward(
+    ctx: &ConnContext,
+    route: &Route,
+    identity: &Arc<Identity>,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Lease<UpstreamBody>), ForwardError> {
+    let (mut up, endpoint) = upstream_lease(ctx, route, identity, true)
+        .await
+        .map_err(ForwardError::Connect)?;
+    let replayable = up.reused && req.method().is_idempotent() && req.body().is_end_stream();
+    let replay = replayable.then(|| {
+        let mut copy = Request::new(CountingBody {
+            inner: None,
+            count: req.body().count.clone(),
+        });
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let mut err = match up.sender.try_send_request(req).await {
+        Ok(resp) => return Ok((resp, up)),
+        Err(e) => e,
+    };
+    let unsent = err.take_message().filter(|_| up.reused);
+    let dropped = || upstream_dropped(err.error());
+    let req = match (unsent, replay) {
+        (Some(req), _) => req,
+        (None, Some(copy)) if dropped() => copy,
+        _ => {
+            return Err(ForwardError::Request {
+                endpoint,
+                error: err.into_error(),
+            });
+        }
+    };
+    tracing::debug!(%endpoint, error = %err.error(), "pooled upstream connection unusable; retrying on a fresh one");
+    let (mut up, endpoint) = upstream_lease(ctx, route, identity, false)
+        .await
+        .map_err(ForwardError::Connect)?;
+    match up.sender.send_request(req).await {
+        Ok(resp) => Ok((resp, up)),
+        Err(error) => Err(ForwardError::Request { endpoint, error }),
+    }
+}
+
+/// Whether the upstream closed or reset the connection without answering.
+fn upstream_dropped(e: &hyper::Error) -> bool {
+    use core::error::Error as _;
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 pub(crate) fn reason_of_rejection(r: &Rejection) -> &'static str {
@@ -358,22 +752,6 @@ pub(crate) fn reason_of_rejection(r: &Rejection) -> &'static str {
         R::NotAWorkloadIdentity(_) => "not_a_workload_identity",
         _ => "rejected",
     }
-}
-
-/// Sends one request over a fresh HTTP/1.1 connection to the upstream.
-async fn forward(
-    io: Box<dyn outbound::UpstreamIo>,
-    req: Request<CountingBody<Incoming>>,
-) -> Result<Response<Incoming>, hyper::Error> {
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    sender.send_request(req).await
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded.
@@ -414,7 +792,7 @@ fn prepare_upstream_request(
     peer: Option<&PeerIdentity>,
     source: SocketAddr,
     received: Arc<AtomicU64>,
-) -> Request<CountingBody<Incoming>> {
+) -> Request<UpstreamBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     xfcc::apply(&mut parts.headers, gateway_id, peer);
@@ -439,34 +817,40 @@ fn prepare_upstream_request(
     Request::from_parts(
         parts,
         CountingBody {
-            inner: body,
+            inner: Some(body),
             count: received,
         },
     )
 }
 
-/// A request body that counts the bytes it yields.
-#[derive(Debug)]
-pub(crate) struct CountingBody<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
+/// The request body sent upstream.
+pub(crate) type UpstreamBody = CountingBody<Incoming>;
+
+/// An upstream response body that returns its connection to the pool when
+/// it has been read to the end (a body dropped earlier leaves the
+/// connection mid-response, so it is closed instead).
+struct PooledBody {
+    inner: Incoming,
+    ended: bool,
+    lease: Option<Lease<UpstreamBody>>,
+    shared: Arc<Shared>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+impl Body for PooledBody {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
         }
-        polled
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -478,6 +862,55 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            self.shared.pool.put(lease);
+        }
+    }
+}
+
+/// A request body that counts the bytes it yields; `None` is an empty
+/// body (a replayed bodiless request).
+#[derive(Debug)]
+pub(crate) struct CountingBody<B> {
+    inner: Option<B>,
+    count: Arc<AtomicU64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
 /// The access-log entry and metric labels of one request, completed when
 /// the response body has been sent (or dropped).
 struct Record {
@@ -486,6 +919,8 @@ struct Record {
     started: Instant,
     received: Arc<AtomicU64>,
     done: bool,
+    /// Released when the record is (the response is complete).
+    in_flight: Option<InFlight>,
 }
 
 impl Record {
@@ -515,6 +950,7 @@ impl Record {
             started: Instant::now(),
             received: Arc::new(AtomicU64::new(0)),
             done: false,
+            in_flight: None,
         }
     }
 
@@ -555,14 +991,18 @@ impl Record {
         self.respond_boxed(resp)
     }
 
-    /// A response from the upstream.
-    fn respond(self, resp: Response<Incoming>) -> Response<ProxyBody> {
+    /// A response from the upstream; `lease` goes back to the pool once
+    /// the body has been read to its end.
+    fn respond(self, resp: Response<Incoming>, lease: Lease<UpstreamBody>) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        self.respond_boxed(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
+        let body = PooledBody {
+            inner: body,
+            ended: false,
+            lease: Some(lease),
+            shared: self.shared.clone(),
+        };
+        self.respond_boxed(Response::from_parts(parts, body.boxed()))
     }
 
     fn respond_boxed(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {

@@ -70,6 +70,11 @@ impl<IO> Tracked<IO> {
     pub(crate) fn new(io: IO, activity: Activity) -> Self {
         Self { io, activity }
     }
+
+    /// The wrapped I/O object (e.g. to wait for readability).
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.io
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {

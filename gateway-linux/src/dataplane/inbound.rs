@@ -125,7 +125,14 @@ async fn serve(
     if kind == Sniffed::Plaintext {
         let io = Prefixed::new(buf.freeze(), stream);
         match listener.protocol {
-            Protocol::Http => http_proxy::serve(io, None, ctx(ConnSecurity::Plaintext, None)).await,
+            Protocol::Http => {
+                let c = ctx(ConnSecurity::Plaintext, None);
+                if http_proxy::may_be_h2_preface(io.prefix()) {
+                    http_proxy::serve(io, None, c).await;
+                } else {
+                    http_proxy::serve_http1(io, c).await;
+                }
+            }
             Protocol::Tcp => {
                 let Some(route) = tcp_route(&snapshot, &listener, None) else {
                     refused(
@@ -254,8 +261,12 @@ async fn serve(
         .await;
         return;
     }
+    // The ClientHello is inside the acceptor now; the buffer would
+    // otherwise live (and hold its allocation) as long as the connection.
+    drop(buf);
     let identity = shared.identity.load_full();
     let config = identity.server_config(effective == EffectiveMode::Strict, listener.protocol);
+    drop(identity);
     let hs_started = Instant::now();
     let handshake = StartHandshake::from_parts(accepted, stream)
         .into_stream(config)
@@ -353,7 +364,11 @@ async fn serve(
                         decision: "allow",
                         reason: "tls_established".to_owned(),
                     });
-                    http_proxy::serve(tls, Some(h2), c).await;
+                    if h2 {
+                        http_proxy::serve(tls, Some(true), c).await;
+                    } else {
+                        http_proxy::serve_http1(tls, c).await;
+                    }
                 }
             }
         }

@@ -24,6 +24,21 @@ impl<IO> Prefixed<IO> {
     pub(crate) fn new(prefix: Bytes, io: IO) -> Self {
         Self { prefix, io }
     }
+
+    /// The bytes not replayed yet.
+    pub(crate) fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The stream.
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The bytes not replayed yet and the stream.
+    pub(crate) fn into_parts(self) -> (Bytes, IO) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {

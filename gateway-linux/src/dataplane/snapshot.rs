@@ -37,7 +37,7 @@ pub(crate) enum UpstreamSecurity {
 }
 
 /// Where an endpoint listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum EndpointAddress {
     /// A socket address.
     Ip(SocketAddr),

@@ -7,6 +7,7 @@
 
 mod authz;
 mod flip;
+mod keepalive;
 mod modes;
 mod robustness;
 mod secure_naming;
