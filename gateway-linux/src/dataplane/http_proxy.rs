@@ -414,9 +414,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ParkingIo<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        if matches!(polled, Poll::Ready(Ok(()))) && self.park.in_flight.load(Ordering::Relaxed) == 0
+        if matches!(polled, Poll::Ready(Ok(())))
+            && self.park.in_flight.load(Ordering::Relaxed) == 0
+            && !self.park.clean.swap(true, Ordering::Relaxed)
         {
-            self.park.clean.store(true, Ordering::Relaxed);
+            // hyper polled its read side before this flush and will not
+            // poll it again until the socket wakes the task; have it poll
+            // now so an idle connection parks at once.
+            cx.waker().wake_by_ref();
         }
         polled
     }
@@ -1103,7 +1108,57 @@ impl Drop for LoggedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::has_valid_port;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn parking_io_reports_end_of_input_only_when_clean_and_idle() {
+        let (near, mut far) = tokio::io::duplex(256);
+        let park = Arc::new(ParkState::default());
+        park.start_connection();
+        let mut io = ParkingIo {
+            inner: Prefixed::new(Bytes::from_static(b"GET"), near),
+            park: park.clone(),
+        };
+        let mut buf = [0u8; 16];
+        // Replayed bytes first.
+        assert_eq!(io.read(&mut buf).await.expect("read"), 3);
+
+        // A request in flight: a read that would block stays pending.
+        let in_flight = InFlight::start(&park);
+        io.write_all(b"HTTP/1.1 200 OK\r\n").await.expect("write");
+        io.flush().await.expect("flush");
+        let pending = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await;
+        assert!(pending.is_err(), "busy connection must not report EOF");
+        assert!(!park.parked());
+
+        // Response complete but not flushed since: still no EOF.
+        drop(in_flight);
+        io.write_all(b"body").await.expect("write");
+        let pending = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await;
+        assert!(pending.is_err(), "unflushed response must not report EOF");
+
+        // Flushed and idle: bytes waiting are passed on, ...
+        io.flush().await.expect("flush");
+        far.write_all(b"next").await.expect("client write");
+        assert_eq!(io.read(&mut buf).await.expect("read"), 4);
+        assert!(!park.parked());
+        // ... and a read that would block reports a clean end of input.
+        assert_eq!(io.read(&mut buf).await.expect("read"), 0);
+        assert!(park.parked());
+        let mut seen = vec![0u8; 64];
+        let n = far.read(&mut seen).await.expect("client read");
+        assert_eq!(&seen[..n], b"HTTP/1.1 200 OK\r\nbody");
+    }
+
+    #[test]
+    fn h2_preface_detection() {
+        assert!(may_be_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(may_be_h2_preface(b"PRI *"));
+        assert!(may_be_h2_preface(b""));
+        assert!(!may_be_h2_preface(b"POST / HTTP/1.1\r\n"));
+        assert!(!may_be_h2_preface(b"GET / HTTP/1.1\r\n"));
+    }
 
     /// Regression for fuzz/http_head: `Host: a.b: fuzz` was routed to
     /// `a.b` while the upstream received the raw value.

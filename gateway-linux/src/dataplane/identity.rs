@@ -162,6 +162,12 @@ impl Identity {
             if http {
                 cfg.alpn_protocols = HTTP_ALPN.iter().map(|p| p.to_vec()).collect();
             }
+            // No session resumption: a resumed session skips the client
+            // verifier and with it the revocation check, and issuing
+            // tickets after every full handshake costs CPU for clients
+            // that never resume.
+            cfg.send_tls13_tickets = 0;
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             Ok::<_, IdentityError>(Arc::new(cfg))
         };
         Ok(Self {

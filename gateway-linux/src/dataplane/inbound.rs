@@ -46,6 +46,12 @@ const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024 + 5;
 /// Serves one accepted connection to completion. A connection on which no
 /// byte moves for the idle timeout of its listener's protocol is closed
 /// (see [`idle`]).
+///
+/// The proxies' futures are boxed where they are awaited: a task's
+/// allocation is as large as the largest state of its future, and without
+/// the boxes every connection, parked HTTP/1 ones included, would pay for
+/// the largest of them (hyper's HTTP/2 server, the TCP relay) for its
+/// whole life.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     listener: Arc<ListenerSpec>,
@@ -128,9 +134,9 @@ async fn serve(
             Protocol::Http => {
                 let c = ctx(ConnSecurity::Plaintext, None);
                 if http_proxy::may_be_h2_preface(io.prefix()) {
-                    http_proxy::serve(io, None, c).await;
+                    Box::pin(http_proxy::serve(io, None, c)).await;
                 } else {
-                    http_proxy::serve_http1(io, c).await;
+                    Box::pin(http_proxy::serve_http1(io, c)).await;
                 }
             }
             Protocol::Tcp => {
@@ -153,7 +159,10 @@ async fn serve(
                     TcpKind::Terminated
                 };
                 let c = ctx(ConnSecurity::Plaintext, None);
-                tcp_proxy::serve(io, c, snapshot, route, mode, kind, started).await;
+                Box::pin(tcp_proxy::serve(
+                    io, c, snapshot, route, mode, kind, started,
+                ))
+                .await;
             }
         }
         return;
@@ -249,7 +258,7 @@ async fn serve(
         // DISABLE: do not terminate; the client's TLS goes to the upstream.
         let io = Prefixed::new(buf.freeze(), stream);
         let c = ctx(ConnSecurity::Plaintext, sni.as_deref());
-        tcp_proxy::serve(
+        Box::pin(tcp_proxy::serve(
             io,
             c,
             snapshot.clone(),
@@ -257,7 +266,7 @@ async fn serve(
             mode.clone(),
             TcpKind::Passthrough,
             started,
-        )
+        ))
         .await;
         return;
     }
@@ -338,7 +347,7 @@ async fn serve(
         async {
             match (listener.protocol, route, mode) {
                 (Protocol::Tcp, Some(route), Some(mode)) => {
-                    tcp_proxy::serve(
+                    Box::pin(tcp_proxy::serve(
                         tls,
                         ctx(security, sni.as_deref()),
                         snapshot,
@@ -346,7 +355,7 @@ async fn serve(
                         mode,
                         TcpKind::Terminated,
                         started,
-                    )
+                    ))
                     .await;
                 }
                 (Protocol::Tcp, _, _) => {
@@ -365,9 +374,9 @@ async fn serve(
                         reason: "tls_established".to_owned(),
                     });
                     if h2 {
-                        http_proxy::serve(tls, Some(true), c).await;
+                        Box::pin(http_proxy::serve(tls, Some(true), c)).await;
                     } else {
-                        http_proxy::serve_http1(tls, c).await;
+                        Box::pin(http_proxy::serve_http1(tls, c)).await;
                     }
                 }
             }
