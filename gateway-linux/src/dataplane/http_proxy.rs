@@ -192,7 +192,7 @@ pub(crate) trait Parkable: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl Parkable for tokio_rustls::server::TlsStream<Tracked<TcpStream>> {
+impl Parkable for Box<tokio_rustls::server::TlsStream<Tracked<TcpStream>>> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Only called after a read returned Pending: rustls then holds no
         // decrypted bytes and no complete record, so new socket bytes are
@@ -304,17 +304,19 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
             let _ = io.shutdown().await;
             return;
         }
-        // Bytes hyper read ahead come before those it never replayed.
-        pending = match (parts.read_buf.is_empty(), rest.is_empty()) {
-            (_, true) => parts.read_buf,
-            (true, false) => rest,
-            (false, false) => {
-                let mut b = bytes::BytesMut::with_capacity(parts.read_buf.len() + rest.len());
-                b.extend_from_slice(&parts.read_buf);
-                b.extend_from_slice(&rest);
-                b.freeze()
-            }
+        // Bytes hyper read ahead come before those it never replayed. They
+        // are copied out: even an empty `Bytes` from hyper keeps its whole
+        // read buffer allocated, which parking is meant to release.
+        pending = if parts.read_buf.is_empty() && rest.is_empty() {
+            Bytes::new()
+        } else {
+            let mut b = bytes::BytesMut::with_capacity(parts.read_buf.len() + rest.len());
+            b.extend_from_slice(&parts.read_buf);
+            b.extend_from_slice(&rest);
+            b.freeze()
         };
+        drop(parts.read_buf);
+        drop(rest);
     }
 }
 

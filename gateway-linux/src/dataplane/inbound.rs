@@ -169,7 +169,9 @@ async fn serve(
     }
 
     // TLS: collect the ClientHello, keeping the raw bytes for passthrough.
-    let mut acceptor = Acceptor::default();
+    // rustls' connection state is large; held inline it would size the
+    // whole task (see `handle`), so it lives in boxes from here on.
+    let mut acceptor = Box::new(Acceptor::default());
     let mut fed = 0;
     let accepted = loop {
         if let Err(e) = feed(&mut acceptor, &buf[fed..]) {
@@ -186,7 +188,7 @@ async fn serve(
         }
         fed = buf.len();
         match acceptor.accept() {
-            Ok(Some(accepted)) => break accepted,
+            Ok(Some(accepted)) => break Box::new(accepted),
             Ok(None) => {}
             Err((e, mut alert)) => {
                 tracing::debug!(%source, error = %e, "invalid ClientHello");
@@ -277,11 +279,13 @@ async fn serve(
     let config = identity.server_config(effective == EffectiveMode::Strict, listener.protocol);
     drop(identity);
     let hs_started = Instant::now();
-    let handshake = StartHandshake::from_parts(accepted, stream)
+    drop(acceptor);
+    let handshake = StartHandshake::from_parts(*accepted, stream)
         .into_stream(config)
         .into_fallible();
+    let handshake = Box::pin(handshake);
     let tls = match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err((e, io))) => {
             let reason = classify_handshake_error(&e);
             tracing::debug!(%source, sni = ?sni, error = %e, reason, "TLS handshake failed");
