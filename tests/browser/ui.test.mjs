@@ -317,8 +317,11 @@ await step("certificates: gateway certificate, roots and issued certificates", a
   const dialog = page.getByRole("dialog");
   await dialog.getByRole("button", { name: "Roll the root" }).click();
   await dialog.waitFor({ state: "hidden", timeout: 10000 });
-  await page.getByRole("cell", { name: "root-2 signing" }).waitFor(T);
-  await page.getByLabel("Trusted roots").getByRole("cell", { name: "root-1", exact: true }).waitFor(T);
+  // Phase 1 of the roll-over: the new root is trusted, the old one still
+  // signs until the propagation period is over.
+  await page.getByLabel("Trusted roots").getByRole("cell", { name: "root-2", exact: true }).waitFor(T);
+  await page.getByLabel("Trusted roots").getByRole("cell", { name: "root-1 signing" }).waitFor(T);
+  await page.getByText("Root roll-over", { exact: true }).waitFor(T);
   await shot("certificates-rolled");
 });
 
