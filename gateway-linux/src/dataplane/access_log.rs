@@ -107,26 +107,33 @@ impl AccessLog {
     /// never fails the request: logging must not become a denial of
     /// service.
     pub(crate) fn record(&self, entry: AccessEntry) {
-        let line = match serde_json::to_string(&entry) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "access log entry not serializable");
-                return;
+        // Serialized only for a sink that writes it: with the log off this
+        // runs per request for nothing.
+        if !matches!(self.sink, AccessLogSink::Discard) {
+            let line = match serde_json::to_string(&entry) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "access log entry not serializable");
+                    return;
+                }
+            };
+            let result = match &self.sink {
+                AccessLogSink::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+                AccessLogSink::File(f) => match f.lock() {
+                    Ok(mut f) => writeln!(f, "{line}"),
+                    Err(_) => Ok(()),
+                },
+                AccessLogSink::Discard => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "access log write failed");
             }
-        };
-        let result = match &self.sink {
-            AccessLogSink::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-            AccessLogSink::File(f) => match f.lock() {
-                Ok(mut f) => writeln!(f, "{line}"),
-                Err(_) => Ok(()),
-            },
-            AccessLogSink::Discard => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "access log write failed");
         }
-        // No subscriber is not an error.
-        let _ = self.live.send(entry.clone());
+        // No subscriber is not an error; without one there is no need to
+        // copy the entry.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(entry.clone());
+        }
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() >= RECENT_CAPACITY {
                 recent.pop_front();

@@ -47,7 +47,9 @@ use super::outbound::{self, DialError};
 use super::peer::PeerIdentity;
 use super::pool::Lease;
 use super::prefixed::Prefixed;
-use super::snapshot::{AuthzRequest, ModeDecision, Route, Snapshot, split_host_port};
+use super::snapshot::{
+    AuthzRequest, EndpointAddress, ModeDecision, Route, Snapshot, split_host_port,
+};
 use super::{ListenerSpec, Shared, request_path, xfcc};
 
 /// Most header fields in one HTTP/1 request head.
@@ -599,7 +601,7 @@ enum ForwardError {
     Connect(outbound::UpstreamError),
     /// The connection failed while the request was (maybe) sent.
     Request {
-        endpoint: String,
+        endpoint: EndpointAddress,
         error: hyper::Error,
     },
 }
@@ -612,7 +614,7 @@ async fn upstream_lease(
     route: &Route,
     identity: &Arc<Identity>,
     pooled: bool,
-) -> Result<(Lease<UpstreamBody>, String), outbound::UpstreamError> {
+) -> Result<(Lease<UpstreamBody>, EndpointAddress), outbound::UpstreamError> {
     let shared = &ctx.shared;
     let timeout = shared.options.upstream_connect_timeout;
     let mut tried = 0;
@@ -624,7 +626,7 @@ async fn upstream_lease(
             while let Some(mut lease) = shared.pool.checkout(key, |p| shared.is_revoked(p)) {
                 // Ready fails if the upstream closed the connection since.
                 if let Ok(Ok(())) = tokio::time::timeout(timeout, lease.sender.ready()).await {
-                    return Ok((lease, endpoint.address.to_string()));
+                    return Ok((lease, endpoint.address));
                 }
             }
         }
@@ -667,7 +669,7 @@ async fn upstream_lease(
             dialed.upstream.is_some().then(|| identity.clone()),
             dialed.upstream,
         );
-        return Ok((lease, dialed.shown));
+        return Ok((lease, endpoint.address));
     }
     Err(outbound::exhausted(route, tried, last))
 }
