@@ -101,6 +101,12 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&answer.body)
     );
     let leaked = |b: &[u8]| b.windows(token.len()).any(|w| w == token.as_bytes());
+    // libFuzzer learns the token from the comparisons below and puts it
+    // into inputs; an answer that echoes what the request itself carried
+    // (a 404 naming the path) discloses nothing.
+    if leaked(target.as_bytes()) || leaked(body) {
+        return;
+    }
     assert!(
         !leaked(&answer.body),
         "the admin token is in the answer to {method} {target}"
