@@ -814,7 +814,6 @@ fn host_and_sni_tricks_cannot_reach_strict_or_dodge_policy() {
         format!("{DETAILS_HOST}:9080"),
         format!("{DETAILS_HOST}.:9080"),
         format!("{DETAILS_HOST}:09080"),
-        format!("{DETAILS_HOST}:notaport"),
     ] {
         let o = client.plain(&[get(&host, "/details/0", &[])]);
         closed_as(
@@ -823,6 +822,31 @@ fn host_and_sni_tricks_cannot_reach_strict_or_dodge_policy() {
             &format!("plaintext Host {host}"),
         );
     }
+    // A Host whose port is not a number is refused before routing (routing
+    // and authorization would otherwise see another name than the upstream).
+    {
+        let before = gw.details.requests().len();
+        let host = format!("{DETAILS_HOST}:notaport");
+        let o = client.plain(&[get(&host, "/details/0", &[])]);
+        assert!(
+            o.responses
+                .first()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 400")),
+            "Host {host}: {:?}",
+            o.raw
+        );
+        assert_eq!(
+            gw.details.requests().len(),
+            before,
+            "Host {host} reached details"
+        );
+        let entries = entries_of(&gw, o.lport);
+        assert!(
+            entries.iter().any(|e| e["reason"] == "invalid_host"),
+            "{entries:?}"
+        );
+    }
+    assert_documented(&rows, "invalid_host", None);
     // Absolute-form target naming the STRICT service, Host the PERMISSIVE
     // one: the target wins (RFC 9112 §3.2.2), so STRICT applies.
     let o = client.plain(&[format!(
