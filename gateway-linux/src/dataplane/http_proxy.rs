@@ -381,7 +381,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ParkingIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            // Bytes of a request arrived: the connection is no longer idle
+            // until that request is answered, even while the rest of its
+            // head is still on the way (a head split across segments must
+            // not be cut as a clean end of input).
+            self.park.clean.store(false, Ordering::Relaxed);
+        }
         if polled.is_pending()
             && self.park.in_flight.load(Ordering::Relaxed) == 0
             && self.park.clean.load(Ordering::Relaxed)
@@ -1147,7 +1155,18 @@ mod tests {
         far.write_all(b"next").await.expect("client write");
         assert_eq!(io.read(&mut buf).await.expect("read"), 4);
         assert!(!park.parked());
-        // ... and a read that would block reports a clean end of input.
+        // ... and they start a request: while the rest of its head is on
+        // the way, a read that would block waits for it (no end of input
+        // in the middle of a head split across segments).
+        let pending = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await;
+        assert!(
+            pending.is_err(),
+            "a partly received head must not report EOF"
+        );
+        assert!(!park.parked());
+        // Once answered and flushed, a read that would block reports a
+        // clean end of input.
+        io.flush().await.expect("flush");
         assert_eq!(io.read(&mut buf).await.expect("read"), 0);
         assert!(park.parked());
         let mut seen = vec![0u8; 64];
