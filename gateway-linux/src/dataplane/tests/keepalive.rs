@@ -32,24 +32,7 @@ async fn counting_upstream(tls: Option<(&Leaf, &Pki)>) -> (SocketAddr, Counts) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let counts = Counts::default();
-    let acceptor = tls.map(|(leaf, pki)| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
-            .expect("server config");
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-    });
+    let acceptor = tls.map(|(leaf, pki)| sidecar_acceptor(leaf, pki));
     let c = counts.clone();
     tokio::spawn(async move {
         loop {

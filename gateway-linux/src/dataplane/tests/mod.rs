@@ -133,6 +133,25 @@ impl Seen {
     }
 }
 
+/// A sidecar's TLS acceptor: serves `leaf` and requires a client
+/// certificate from `pki`'s CA.
+pub(super) fn sidecar_acceptor(leaf: &Leaf, pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .expect("verifier");
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 /// Starts a plaintext HTTP upstream answering `200 upstream:<name>` and
 /// recording headers. With `tls`, it serves that certificate and requires
 /// a client certificate from `client_ca` (a mesh sidecar's behaviour).
@@ -142,24 +161,7 @@ pub(super) async fn upstream(name: &'static str, tls: Option<(&Leaf, &Pki)>) -> 
         .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let seen = Seen::default();
-    let acceptor = tls.map(|(leaf, pki)| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
-            .expect("server config");
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-    });
+    let acceptor = tls.map(|(leaf, pki)| sidecar_acceptor(leaf, pki));
     let s = seen.clone();
     tokio::spawn(async move {
         loop {
