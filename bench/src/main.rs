@@ -41,6 +41,10 @@ struct Cli {
     /// Targets to run, comma-separated: direct,nginx,haproxy,meshgate.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Phases to run, comma-separated: handshake,keepalive,latency,idle
+    /// (default: all). A partial run is marked as such in the report.
+    #[arg(long, value_delimiter = ',')]
+    phases: Vec<String>,
     /// Directory for benchmarks.md and benchmarks.svg.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
@@ -181,6 +185,31 @@ fn plan_from(cli: &Cli) -> Result<Plan, MainError> {
         idle.sort_unstable();
         idle.dedup();
         plan.idle = idle;
+    }
+    if !cli.phases.is_empty() {
+        let mut want = [false; 4];
+        for name in &cli.phases {
+            let i = match name.trim() {
+                "handshake" | "handshakes" => 0,
+                "keepalive" | "keep-alive" => 1,
+                "latency" => 2,
+                "idle" => 3,
+                other => {
+                    return Err(MainError::Usage(format!(
+                        "--phases {other}: unknown phase (handshake, keepalive, latency, idle)"
+                    )));
+                }
+            };
+            want[i] = true;
+        }
+        plan.handshakes = want[0];
+        if !want[1] {
+            plan.keepalive_concurrency.clear();
+        }
+        plan.latency = want[2];
+        if !want[3] {
+            plan.idle.clear();
+        }
     }
     if !cli.only.is_empty() {
         let mut kinds = Vec::new();
@@ -555,5 +584,35 @@ fn print_progress(r: &TargetRound) {
         if let Some(e) = &i.error {
             eprintln!("  idle: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Result<Plan, MainError> {
+        let mut argv = vec!["meshgate-bench"];
+        argv.extend_from_slice(args);
+        plan_from(&Cli::try_parse_from(argv).expect("arguments parse"))
+    }
+
+    #[test]
+    fn phases_select_what_runs() {
+        let p = plan(&["--phases", "idle,handshake"]).expect("valid phases");
+        assert!(p.handshakes && !p.latency);
+        assert!(p.keepalive_concurrency.is_empty());
+        assert_eq!(p.idle, Plan::full().idle);
+        assert!(!p.all_phases());
+
+        let p = plan(&["--phases", "keepalive"]).expect("valid phases");
+        assert!(!p.handshakes && !p.latency && p.idle.is_empty());
+        assert_eq!(p.keepalive_concurrency, Plan::full().keepalive_concurrency);
+
+        assert!(plan(&[]).expect("default plan").all_phases());
+        assert!(matches!(
+            plan(&["--phases", "handshake,warp"]),
+            Err(MainError::Usage(m)) if m.contains("warp")
+        ));
     }
 }

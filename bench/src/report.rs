@@ -319,15 +319,35 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
         ));
     }
     let full = Plan::full();
-    if plan.phase < full.phase || plan.idle != full.idle {
+    if !plan.all_phases() {
+        let ran: Vec<&str> = [
+            (plan.handshakes, "handshake"),
+            (!plan.keepalive_concurrency.is_empty(), "keepalive"),
+            (plan.latency, "latency"),
+            (!plan.idle.is_empty(), "idle"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        caveats.push(format!(
+            "partial run: only the {} phase(s); the other measures are missing",
+            ran.join(", ")
+        ));
+    }
+    if plan.phase < full.phase || (!plan.idle.is_empty() && plan.idle != full.idle) {
         caveats.push(format!(
             "shortened run ({} s phases, idle {}), not the full plan ({} s, idle {})",
             plan.phase.as_secs_f64(),
-            plan.idle
-                .iter()
-                .map(|n| count_label(*n))
-                .collect::<Vec<_>>()
-                .join("/"),
+            if plan.idle.is_empty() {
+                "not run".to_owned()
+            } else {
+                plan.idle
+                    .iter()
+                    .map(|n| count_label(*n))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            },
             full.phase.as_secs_f64(),
             full.idle
                 .iter()

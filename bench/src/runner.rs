@@ -38,6 +38,10 @@ pub struct Plan {
     pub idle_parallel: usize,
     /// Targets, in round order.
     pub kinds: Vec<Kind>,
+    /// Whether the handshake phase runs.
+    pub handshakes: bool,
+    /// Whether the fixed-rate latency phase runs.
+    pub latency: bool,
 }
 
 impl Plan {
@@ -53,7 +57,17 @@ impl Plan {
             idle: vec![1_000, 10_000],
             idle_parallel: 32,
             kinds: Kind::ALL.to_vec(),
+            handshakes: true,
+            latency: true,
         }
+    }
+
+    /// Whether this plan runs every phase of the full benchmark.
+    pub fn all_phases(&self) -> bool {
+        self.handshakes
+            && self.latency
+            && !self.keepalive_concurrency.is_empty()
+            && !self.idle.is_empty()
     }
 
     /// A smoke check: short phases, fewer idle connections, one round.
@@ -267,7 +281,7 @@ pub async fn measure(
     warm_up(ep).await?;
     out.rss_fresh = Some(procfs::sample_tree(pid)?.rss_bytes);
 
-    if tls {
+    if tls && plan.handshakes {
         let (counts, cpu_s, wall_s) = timed(
             pid,
             loadgen::handshakes(ep, plan.handshake_concurrency, plan.phase),
@@ -295,13 +309,16 @@ pub async fn measure(
         ));
     }
 
-    let conns = loadgen::open_connections(ep, plan.rate_connections, plan.rate_connections).await?;
-    let (lat, cpu_s, _) = timed(
-        pid,
-        loadgen::fixed_rate(conns, &ep.host, plan.rate, plan.phase),
-    )
-    .await?;
-    out.latency = Some((lat, cpu_s));
+    if plan.latency {
+        let conns =
+            loadgen::open_connections(ep, plan.rate_connections, plan.rate_connections).await?;
+        let (lat, cpu_s, _) = timed(
+            pid,
+            loadgen::fixed_rate(conns, &ep.host, plan.rate, plan.phase),
+        )
+        .await?;
+        out.latency = Some((lat, cpu_s));
+    }
 
     if tls && !plan.idle.is_empty() {
         let mut idle = Idle::default();
