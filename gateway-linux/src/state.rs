@@ -398,27 +398,16 @@ impl ControlPlane {
         text: &str,
         actor: &str,
     ) -> Result<ChangeResult, ChangeError> {
-        let mut sources = self.sources.lock().await;
         let now = now_secs();
-        let result = (|| {
+        self.change_api_policies(actor, "apply", |read_only, api| {
             let submitted = parse_policies(origin, text, now).map_err(ChangeError::Invalid)?;
             if submitted.is_empty() {
                 return Err(ChangeError::Empty);
             }
-            let mut api: BTreeMap<PolicyKey, Policy> = sources
-                .api_policies
-                .iter()
-                .map(|p| (key_of(p), p.clone()))
-                .collect();
             let mut changes = Vec::new();
             for mut p in submitted {
                 let k = key_of(&p);
-                if let Some(path) = file_origin(&sources.read_only(), &k) {
-                    return Err(ChangeError::DefinedInFile {
-                        resource: resource_ref(&k),
-                        path,
-                    });
-                }
+                refuse_file_defined(read_only, &k)?;
                 let change = match api.get(&k) {
                     None => ChangeKind::Created,
                     Some(old) => {
@@ -441,24 +430,9 @@ impl ControlPlane {
                 });
                 api.insert(k, p);
             }
-            let new_api: Vec<Policy> = api.into_values().collect();
-            let note = summarize(&changes);
-            let generation = self.commit(&sources.read_only(), &new_api, || {
-                persist_api_policies(&*self.store, &new_api, actor, &note)
-            })?;
-            Ok((generation, changes, new_api))
-        })();
-        let recorded = result
-            .as_ref()
-            .map(|(g, _, _)| *g)
-            .map_err(ToString::to_string);
-        self.record(recorded, "apply");
-        let (generation, changes, new_api) = result?;
-        sources.api_policies = new_api;
-        Ok(ChangeResult {
-            changes,
-            generation,
+            Ok(changes)
         })
+        .await
     }
 
     /// `meshgate delete -f`: removes the policies named in `text`.
@@ -482,21 +456,10 @@ impl ControlPlane {
         keys: Vec<PolicyKey>,
         actor: &str,
     ) -> Result<ChangeResult, ChangeError> {
-        let mut sources = self.sources.lock().await;
-        let result = (|| {
-            let mut api: BTreeMap<PolicyKey, Policy> = sources
-                .api_policies
-                .iter()
-                .map(|p| (key_of(p), p.clone()))
-                .collect();
+        self.change_api_policies(actor, "delete", |read_only, api| {
             let mut changes = Vec::new();
             for k in keys {
-                if let Some(path) = file_origin(&sources.read_only(), &k) {
-                    return Err(ChangeError::DefinedInFile {
-                        resource: resource_ref(&k),
-                        path,
-                    });
-                }
+                refuse_file_defined(read_only, &k)?;
                 if api.remove(&k).is_none() {
                     return Err(ChangeError::NotFound(resource_ref(&k)));
                 }
@@ -505,9 +468,39 @@ impl ControlPlane {
                     change: ChangeKind::Deleted,
                 });
             }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// One all-or-nothing change of the API-managed policies: `edit` gets
+    /// the read-only (file and Kubernetes) policies and a copy of the API
+    /// ones to change; the result is validated, persisted and swapped in
+    /// only if every step succeeds, and is recorded as `what` either way.
+    async fn change_api_policies<F>(
+        &self,
+        actor: &str,
+        what: &str,
+        edit: F,
+    ) -> Result<ChangeResult, ChangeError>
+    where
+        F: FnOnce(
+            &[PolicyEntry],
+            &mut BTreeMap<PolicyKey, Policy>,
+        ) -> Result<Vec<ResourceChange>, ChangeError>,
+    {
+        let mut sources = self.sources.lock().await;
+        let read_only = sources.read_only();
+        let result = (|| -> Result<_, ChangeError> {
+            let mut api: BTreeMap<PolicyKey, Policy> = sources
+                .api_policies
+                .iter()
+                .map(|p| (key_of(p), p.clone()))
+                .collect();
+            let changes = edit(&read_only, &mut api)?;
             let new_api: Vec<Policy> = api.into_values().collect();
             let note = summarize(&changes);
-            let generation = self.commit(&sources.read_only(), &new_api, || {
+            let generation = self.commit(&read_only, &new_api, || {
                 persist_api_policies(&*self.store, &new_api, actor, &note)
             })?;
             Ok((generation, changes, new_api))
@@ -516,7 +509,7 @@ impl ControlPlane {
             .as_ref()
             .map(|(g, _, _)| *g)
             .map_err(ToString::to_string);
-        self.record(recorded, "delete");
+        self.record(recorded, what);
         let (generation, changes, new_api) = result?;
         sources.api_policies = new_api;
         Ok(ChangeResult {
@@ -698,6 +691,18 @@ fn set_creation(p: &mut Policy, t: UnixTime) {
     match p {
         Policy::PeerAuthentication(pa) => pa.meta.creation = t,
         Policy::AuthorizationPolicy(ap) => ap.meta.creation = t,
+    }
+}
+
+/// Refuses an API change of a policy a file (or the cluster) defines: the
+/// file is the source of truth for it.
+fn refuse_file_defined(read_only: &[PolicyEntry], k: &PolicyKey) -> Result<(), ChangeError> {
+    match file_origin(read_only, k) {
+        Some(path) => Err(ChangeError::DefinedInFile {
+            resource: resource_ref(k),
+            path,
+        }),
+        None => Ok(()),
     }
 }
 

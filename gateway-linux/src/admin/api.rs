@@ -99,19 +99,7 @@ async fn apply(
     Query(q): Query<SourceQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    let text = match body_text(&body) {
-        Ok(t) => t,
-        Err((status, msg)) => return error_response(status, msg),
-    };
-    let origin = q.source.unwrap_or_else(|| "request".to_owned());
-    match state
-        .control
-        .apply_yaml(&origin, text, actor.as_str())
-        .await
-    {
-        Ok(result) => Json(result).into_response(),
-        Err(e) => change_error(&e),
-    }
+    yaml_change(&state, &actor, q, &body, YamlChange::Apply).await
 }
 
 async fn delete_yaml(
@@ -120,16 +108,43 @@ async fn delete_yaml(
     Query(q): Query<SourceQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    let text = match body_text(&body) {
+    yaml_change(&state, &actor, q, &body, YamlChange::Delete).await
+}
+
+/// What a YAML body asks for: `meshgate apply -f` or `meshgate delete -f`.
+#[derive(Clone, Copy)]
+enum YamlChange {
+    Apply,
+    Delete,
+}
+
+async fn yaml_change(
+    state: &AdminState,
+    actor: &Actor,
+    q: SourceQuery,
+    body: &axum::body::Bytes,
+    change: YamlChange,
+) -> Response {
+    let text = match body_text(body) {
         Ok(t) => t,
         Err((status, msg)) => return error_response(status, msg),
     };
     let origin = q.source.unwrap_or_else(|| "request".to_owned());
-    match state
-        .control
-        .delete_yaml(&origin, text, actor.as_str())
-        .await
-    {
+    let result = match change {
+        YamlChange::Apply => {
+            state
+                .control
+                .apply_yaml(&origin, text, actor.as_str())
+                .await
+        }
+        YamlChange::Delete => {
+            state
+                .control
+                .delete_yaml(&origin, text, actor.as_str())
+                .await
+        }
+    };
+    match result {
         Ok(result) => Json(result).into_response(),
         Err(e) => change_error(&e),
     }
