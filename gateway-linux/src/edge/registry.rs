@@ -210,6 +210,15 @@ impl core::fmt::Debug for Registry {
     }
 }
 
+/// A working copy of node `name`'s record: changes are made to the copy,
+/// persisted, and only then put back in the map.
+fn copy_of(nodes: &BTreeMap<String, NodeRecord>, name: &str) -> Result<NodeRecord, RegistryError> {
+    nodes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| RegistryError::UnknownNode(name.to_owned()))
+}
+
 fn record_key(name: &str) -> Result<RecordKey, StoreError> {
     RecordKey::new(format!("{KEY_PREFIX}{name}"))
 }
@@ -425,10 +434,7 @@ impl Registry {
         now: UnixTime,
     ) -> Result<IssuedCertificate, RegistryError> {
         let mut nodes = self.lock();
-        let mut rec = nodes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::UnknownNode(name.to_owned()))?;
+        let mut rec = copy_of(&nodes, name)?;
         if rec.state != NodeState::Enrolled {
             return Err(RegistryError::Revoked(name.to_owned()));
         }
@@ -458,10 +464,7 @@ impl Registry {
         actor: &str,
     ) -> Result<NodeRecord, RegistryError> {
         let mut nodes = self.lock();
-        let mut rec = nodes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::UnknownNode(name.to_owned()))?;
+        let mut rec = copy_of(&nodes, name)?;
         if rec.state == NodeState::Revoked {
             return Ok(rec);
         }
@@ -492,10 +495,7 @@ impl Registry {
     ) -> Result<NodeRecord, RegistryError> {
         check_listeners(&rules)?;
         let mut nodes = self.lock();
-        let mut rec = nodes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::UnknownNode(name.to_owned()))?;
+        let mut rec = copy_of(&nodes, name)?;
         if rec.state == NodeState::Revoked {
             return Err(RegistryError::Revoked(name.to_owned()));
         }
@@ -520,10 +520,7 @@ impl Registry {
         now: UnixTime,
     ) -> Result<u64, RegistryError> {
         let mut nodes = self.lock();
-        let mut rec = nodes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::UnknownNode(name.to_owned()))?;
+        let mut rec = copy_of(&nodes, name)?;
         if rec.config_fingerprint.as_deref() == Some(fingerprint) && rec.config_version > 0 {
             return Ok(rec.config_version);
         }
