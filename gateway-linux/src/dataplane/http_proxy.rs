@@ -293,9 +293,21 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
             })
             .await
         };
-        if let Err(e) = done {
-            tracing::debug!(source = %ctx.source, error = %e, "HTTP connection ended with an error");
-            return;
+        match done {
+            Ok(()) => {}
+            // The end of input was the parking one, reported while hyper
+            // still held the start of a pipelined head that came in the
+            // same read as the request before it (`head_pending` was
+            // cleared when that request started). Those bytes are kept
+            // below and the next parser waits for the rest; reading them
+            // again marks the head pending, so this happens at most once
+            // per head (whose head timeout then starts again: such a head
+            // may take up to twice `limits.headTimeout`).
+            Err(e) if park.parked() && e.is_incomplete_message() && !draining => {}
+            Err(e) => {
+                tracing::debug!(source = %ctx.source, error = %e, "HTTP connection ended with an error");
+                return;
+            }
         }
         let parts = Pin::into_inner(conn).into_parts();
         let (rest, inner) = parts.io.into_inner().inner.into_parts();
@@ -330,6 +342,11 @@ struct ParkState {
     /// A flush completed with no request in flight and nothing written
     /// since: every response byte has left the process.
     clean: AtomicBool,
+    /// Bytes arrived while no request was in flight and no request has
+    /// started since: hyper holds the beginning of a head and waits for
+    /// the rest. hyper flushes between reads even with nothing to write,
+    /// so `clean` alone would come back while a head is half received.
+    head_pending: AtomicBool,
     /// A clean end of input was reported to hyper to detach it.
     parked: AtomicBool,
 }
@@ -338,6 +355,7 @@ impl ParkState {
     fn start_connection(&self) {
         self.in_flight.store(0, Ordering::Relaxed);
         self.clean.store(false, Ordering::Relaxed);
+        self.head_pending.store(false, Ordering::Relaxed);
         self.parked.store(false, Ordering::Relaxed);
     }
 
@@ -355,6 +373,8 @@ impl InFlight {
     fn start(park: &Arc<ParkState>) -> Self {
         park.in_flight.fetch_add(1, Ordering::Relaxed);
         park.clean.store(false, Ordering::Relaxed);
+        // hyper calls the service once a head is complete.
+        park.head_pending.store(false, Ordering::Relaxed);
         Self(park.clone())
     }
 }
@@ -389,10 +409,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ParkingIo<IO> {
             // head is still on the way (a head split across segments must
             // not be cut as a clean end of input).
             self.park.clean.store(false, Ordering::Relaxed);
+            if self.park.in_flight.load(Ordering::Relaxed) == 0 {
+                self.park.head_pending.store(true, Ordering::Relaxed);
+            }
         }
         if polled.is_pending()
             && self.park.in_flight.load(Ordering::Relaxed) == 0
             && self.park.clean.load(Ordering::Relaxed)
+            && !self.park.head_pending.load(Ordering::Relaxed)
         {
             self.park.parked.store(true, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
@@ -1157,15 +1181,25 @@ mod tests {
         assert!(!park.parked());
         // ... and they start a request: while the rest of its head is on
         // the way, a read that would block waits for it (no end of input
-        // in the middle of a head split across segments).
+        // in the middle of a head split across segments), even after the
+        // flush hyper does between two reads with nothing to write
+        // (sslyze's one-byte probe was cut exactly there).
         let pending = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await;
         assert!(
             pending.is_err(),
             "a partly received head must not report EOF"
         );
+        io.flush().await.expect("flush");
+        let pending = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await;
+        assert!(
+            pending.is_err(),
+            "a partly received head must not report EOF after an empty flush"
+        );
         assert!(!park.parked());
-        // Once answered and flushed, a read that would block reports a
-        // clean end of input.
+        // Once the head is complete (hyper starts the request), answered
+        // and flushed, a read that would block reports a clean end of
+        // input.
+        drop(InFlight::start(&park));
         io.flush().await.expect("flush");
         assert_eq!(io.read(&mut buf).await.expect("read"), 0);
         assert!(park.parked());
