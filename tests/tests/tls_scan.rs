@@ -224,7 +224,7 @@ fn mesh_listener_is_tls13_only_with_strong_suites_and_admin_port_has_no_tls() {
     // and sslyze's read times out (5 s, below limits.headTimeout). The
     // gateway used to cut that one-byte head as an idle keep-alive
     // connection (a clean end of input), which sslyze reports as a
-    // connectivity error (see the parking tests in http_proxy.rs).
+    // connectivity error; tests/tests/split_heads.rs covers the cause.
     assert_eq!(
         permissive["connectivity_result"]["client_auth_requirement"], "OPTIONAL",
         "{}",
