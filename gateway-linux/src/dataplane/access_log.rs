@@ -59,6 +59,33 @@ pub(crate) struct AccessEntry {
     pub(crate) generation: u64,
 }
 
+impl AccessEntry {
+    /// An entry of `kind` with every other field empty or zero; holds no
+    /// allocation.
+    pub(crate) fn empty(kind: &'static str) -> Self {
+        Self {
+            time: String::new(),
+            kind,
+            source: String::new(),
+            principal: String::new(),
+            security: "none",
+            transport: "",
+            destination: String::new(),
+            mode: "-",
+            decision: "deny",
+            reason: String::new(),
+            policy: String::new(),
+            method: None,
+            path: None,
+            status: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_ms: 0.0,
+            generation: 0,
+        }
+    }
+}
+
 /// Where access-log lines are written.
 #[derive(Debug)]
 pub(crate) enum AccessLogSink {

@@ -22,14 +22,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::task::{Context, Poll};
 use core::time::Duration;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,7 +41,7 @@ use tokio::net::TcpStream;
 use super::access_log::{AccessEntry, now_rfc3339};
 use super::identity::{Identity, Protocol};
 use super::idle::Tracked;
-use super::metrics::DecisionLabels;
+use super::metrics::RequestLabels;
 use super::outbound::{self, DialError};
 use super::peer::PeerIdentity;
 use super::pool::Lease;
@@ -59,8 +58,6 @@ pub(crate) const RBAC_DENIED_BODY: &str = "RBAC: access denied";
 
 /// Boxed error of proxied bodies.
 pub(crate) type BoxError = Box<dyn core::error::Error + Send + Sync>;
-/// The body type of every response the proxy produces.
-type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What a connection presented, fixed when it was accepted.
 #[derive(Debug, Clone)]
@@ -112,6 +109,55 @@ pub(crate) struct ConnContext {
     pub(crate) security: ConnSecurity,
     /// TLS SNI, if any.
     pub(crate) sni: Option<String>,
+}
+
+/// A connection's context with the header values its requests compute
+/// once for the whole connection instead of per request.
+#[derive(Debug)]
+struct PerConn {
+    ctx: Arc<ConnContext>,
+    /// `x-forwarded-for` for a request that brought none: the source IP,
+    /// fixed for the connection.
+    xff: OnceLock<HeaderValue>,
+    /// `x-forwarded-client-cert` and the gateway SPIFFE ID it was built
+    /// with (the peer is fixed for the connection; the gateway identity
+    /// may rotate, and a value built under another ID is rebuilt).
+    xfcc: Mutex<Option<(Box<str>, HeaderValue)>>,
+}
+
+impl PerConn {
+    fn new(ctx: Arc<ConnContext>) -> Self {
+        Self {
+            ctx,
+            xff: OnceLock::new(),
+            xfcc: Mutex::new(None),
+        }
+    }
+
+    /// The `x-forwarded-for` value for a request that brought none.
+    fn xff(&self) -> Option<HeaderValue> {
+        if let Some(v) = self.xff.get() {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&self.ctx.source.ip().to_string()).ok()?;
+        Some(self.xff.get_or_init(|| v).clone())
+    }
+
+    /// The `x-forwarded-client-cert` value for `peer`, the verified
+    /// client certificate of this connection, with `gateway_id` as `By`.
+    fn xfcc(&self, gateway_id: &str, peer: &PeerIdentity) -> Option<HeaderValue> {
+        // The value only holds verified data, so a poisoned lock (a panic
+        // elsewhere while it was held) still guards a correct value.
+        let mut cached = self.xfcc.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, v)) = cached.as_ref()
+            && **id == *gateway_id
+        {
+            return Some(v.clone());
+        }
+        let v = xfcc::value(gateway_id, peer)?;
+        *cached = Some((gateway_id.into(), v.clone()));
+        Some(v)
+    }
 }
 
 /// A request refused at admission: hyper closes the connection (HTTP/1)
@@ -166,8 +212,8 @@ where
         )
         .max_concurrent_streams(256);
     let mut shutdown = ctx.shared.shutdown.subscribe();
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req, None));
+    let conn_state = Arc::new(PerConn::new(ctx.clone()));
+    let svc = service_fn(move |req| handle(conn_state.clone(), req, None));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -244,6 +290,9 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         .max_headers(MAX_HEADERS);
     let park = Arc::new(ParkState::default());
     let mut shutdown = ctx.shared.shutdown.subscribe();
+    // Outlives the parser attachments: what requests compute once per
+    // connection is kept across them.
+    let conn_state = Arc::new(PerConn::new(ctx.clone()));
     let mut io = io;
     let mut pending = Bytes::new();
     // The first request may already sit decrypted in rustls (TLS 1.3
@@ -270,11 +319,11 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
             inner: Prefixed::new(pending, io),
             park: park.clone(),
         };
-        let svc_ctx = ctx.clone();
+        let svc_conn = conn_state.clone();
         let svc_park = park.clone();
         let svc = service_fn(move |req| {
             let in_flight = InFlight::start(&svc_park);
-            Box::pin(handle(svc_ctx.clone(), req, Some(in_flight)))
+            Box::pin(handle(svc_conn.clone(), req, Some(in_flight)))
         });
         // Boxed: the parser's state is allocated only while it is
         // attached, and the connection's task stays small while parked.
@@ -467,16 +516,39 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ParkingIo<IO> {
     }
 }
 
+/// The authority a request is routed by, shared with the request rather
+/// than copied out of it.
+#[derive(Debug)]
+enum HostOf {
+    /// The request's only `Host` header (checked to be a string).
+    Header(HeaderValue),
+    /// `:authority` of HTTP/2 or of an absolute-form HTTP/1 target.
+    Uri(http::uri::Authority),
+    /// The service of a listener bound to one service.
+    Bound(String),
+}
+
+impl HostOf {
+    fn as_str(&self) -> &str {
+        match self {
+            // `request_host` only keeps values `to_str` accepts.
+            HostOf::Header(h) => h.to_str().unwrap_or_default(),
+            HostOf::Uri(a) => a.as_str(),
+            HostOf::Bound(s) => s,
+        }
+    }
+}
+
 /// The request's authority: `:authority` for HTTP/2 (and absolute-form
 /// HTTP/1 targets), else the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<HostOf> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+        return Some(HostOf::Uri(a.clone()));
     }
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
+        .filter(|h| h.to_str().is_ok())
+        .map(|h| HostOf::Header(h.clone()))
 }
 
 /// Whether the port of a Host / `:authority` value, if it has one, is
@@ -497,12 +569,13 @@ fn has_valid_port(host: &str) -> bool {
 }
 
 async fn handle(
-    ctx: Arc<ConnContext>,
+    conn: Arc<PerConn>,
     req: Request<Incoming>,
     in_flight: Option<InFlight>,
-) -> Result<Response<ProxyBody>, Refused> {
+) -> Result<Response<LoggedBody>, Refused> {
+    let ctx = &*conn.ctx;
     let snapshot = ctx.shared.snapshot.load_full();
-    let mut rec = Record::new(&ctx, &snapshot, &req);
+    let mut rec = Record::new(ctx, &snapshot, &req);
     rec.in_flight = in_flight;
     // RFC 9112 §3.2: a request with more than one Host field is invalid and
     // must get 400. Which of them counts differs between implementations,
@@ -520,14 +593,14 @@ async fn handle(
     // addressed the node, not the service.
     let host = match ctx.listener.service.as_deref() {
         Some(service) if ctx.listener.protocol == Protocol::Http => {
-            Some(format!("{service}:{}", ctx.listener.port))
+            Some(HostOf::Bound(format!("{service}:{}", ctx.listener.port)))
         }
         _ => request_host(&req),
     };
     // Routing and authorization use the name part of the Host; the
     // upstream gets the raw value. A port that is not a number would make
     // them disagree (`a.b: x` was routed to `a.b`), so it is refused.
-    if host.as_deref().is_some_and(|h| !has_valid_port(h)) {
+    if host.as_ref().is_some_and(|h| !has_valid_port(h.as_str())) {
         rec.decision("deny", "invalid_host", None);
         return Ok(rec.local(
             StatusCode::BAD_REQUEST,
@@ -535,13 +608,13 @@ async fn handle(
         ));
     }
     let Some(route) = host
-        .as_deref()
-        .and_then(|h| snapshot.route(h, ctx.listener.port))
+        .as_ref()
+        .and_then(|h| snapshot.route(h.as_str(), ctx.listener.port))
     else {
         rec.decision("deny", "no_route", None);
         let body = format!(
             "meshgate: no service for host {}\n",
-            host.as_deref().unwrap_or("(none)")
+            host.as_ref().map_or("(none)", HostOf::as_str)
         );
         return Ok(rec.local(StatusCode::NOT_FOUND, body));
     };
@@ -567,8 +640,8 @@ async fn handle(
     // The name as routing saw it (`Snapshot::route` ignores one trailing
     // dot), so that `details.` cannot slip past a `hosts` rule written for
     // `details`; case is already ignored by the evaluator.
-    let host_name = host.as_deref().map(|h| {
-        let name = split_host_port(h).0;
+    let host_name = host.as_ref().map(|h| {
+        let name = split_host_port(h.as_str()).0;
         name.strip_suffix('.').unwrap_or(name)
     });
     // Authorize, and forward, the normalized path (see `request_path`).
@@ -598,17 +671,13 @@ async fn handle(
     rec.decision("allow", authz.reason, authz.policy);
 
     let identity = ctx.shared.identity.load_full();
-    let peer = admitted.principal.and(ctx.security.peer());
-    let upstream_req = prepare_upstream_request(
-        req,
-        target,
-        host.as_deref().unwrap_or_default(),
-        identity.spiffe_id().borrow().as_str(),
-        peer,
-        ctx.source,
-        rec.received.clone(),
-    );
-    let sent = forward(&ctx, &route, &identity, upstream_req).await;
+    let xfcc = admitted
+        .principal
+        .and(ctx.security.peer())
+        .and_then(|peer| conn.xfcc(identity.spiffe_id().borrow().as_str(), peer));
+    let upstream_req =
+        prepare_upstream_request(&conn, req, target, host, xfcc, rec.received.clone());
+    let sent = forward(ctx, &route, &identity, upstream_req).await;
     match sent {
         Ok((resp, lease)) => Ok(rec.respond(resp, lease)),
         Err(ForwardError::Connect(e)) => {
@@ -656,6 +725,10 @@ async fn upstream_lease(
         let key = outbound::pool_key(&endpoint, route, identity);
         if pooled && let Some(key) = &key {
             while let Some(mut lease) = shared.pool.checkout(key, |p| shared.is_revoked(p)) {
+                // The usual case, without arming a timeout.
+                if lease.sender.is_ready() {
+                    return Ok((lease, endpoint.address));
+                }
                 // Ready fails if the upstream closed the connection since.
                 if let Ok(Ok(())) = tokio::time::timeout(timeout, lease.sender.ready()).await {
                     return Ok((lease, endpoint.address));
@@ -825,35 +898,49 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// `x-forwarded-for`.
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The request as sent upstream: hop-by-hop headers removed, the gateway's
+/// own `x-forwarded-client-cert` (`xfcc`, for a verified mTLS peer) in place
+/// of any the client sent, origin-form target, `Host` and
+/// `x-forwarded-for` set.
 fn prepare_upstream_request(
+    conn: &PerConn,
     req: Request<Incoming>,
     target: Uri,
-    host: &str,
-    gateway_id: &str,
-    peer: Option<&PeerIdentity>,
-    source: SocketAddr,
+    host: Option<HostOf>,
+    xfcc: Option<HeaderValue>,
     received: Arc<AtomicU64>,
 ) -> Request<UpstreamBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    xfcc::apply(&mut parts.headers, gateway_id, peer);
+    xfcc::apply(&mut parts.headers, xfcc);
     // Upstreams speak HTTP/1.1: origin-form target plus Host, whatever
     // version the client used.
     parts.uri = target;
     parts.version = Version::HTTP_11;
-    if let Ok(h) = HeaderValue::from_str(host) {
-        parts.headers.insert(header::HOST, h);
+    match host {
+        // Already the request's one Host header.
+        Some(HostOf::Header(_)) => {}
+        Some(h) => {
+            if let Ok(h) = HeaderValue::from_str(h.as_str()) {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+        None => {
+            parts
+                .headers
+                .insert(header::HOST, HeaderValue::from_static(""));
+        }
     }
-    let xff = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", source.ip()),
-        None => source.ip().to_string(),
+    let xff = match parts.headers.get(&XFF).map(HeaderValue::to_str) {
+        Some(Ok(prev)) => HeaderValue::from_str(&format!("{prev}, {}", conn.ctx.source.ip())).ok(),
+        // A value that is not a string was replaced, as before.
+        Some(Err(_)) | None => conn.xff(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        parts.headers.insert(XFF, v);
     }
     Request::from_parts(
         parts,
@@ -972,14 +1059,16 @@ impl Record {
                 time: String::new(),
                 kind: "http",
                 source: ctx.source.to_string(),
-                principal: "-".to_owned(),
+                // Empty until known; `finish` writes `-` for what never
+                // became known.
+                principal: String::new(),
                 security: "none",
                 transport: ctx.security.transport(),
-                destination: "-".to_owned(),
+                destination: String::new(),
                 mode: "-",
                 decision: "deny",
                 reason: String::new(),
-                policy: "-".to_owned(),
+                policy: String::new(),
                 method: Some(req.method().as_str().to_owned()),
                 path: Some(req.uri().path().to_owned()),
                 status: 0,
@@ -1010,7 +1099,7 @@ impl Record {
     fn decision(&mut self, decision: &'static str, reason: &str, policy: Option<String>) {
         self.entry.decision = decision;
         reason.clone_into(&mut self.entry.reason);
-        self.entry.policy = policy.unwrap_or_else(|| "-".to_owned());
+        self.entry.policy = policy.unwrap_or_default();
     }
 
     fn reason(&mut self, reason: &str) {
@@ -1018,23 +1107,19 @@ impl Record {
     }
 
     /// A response generated by the gateway itself.
-    fn local(self, status: StatusCode, body: String) -> Response<ProxyBody> {
-        let mut resp = Response::new(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+    fn local(self, status: StatusCode, body: String) -> Response<LoggedBody> {
+        let mut resp = Response::new(ResponseBody::Local(Full::new(Bytes::from(body))));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        self.respond_boxed(resp)
+        self.logged(resp)
     }
 
     /// A response from the upstream; `lease` goes back to the pool once
     /// the body has been read to its end.
-    fn respond(self, resp: Response<Incoming>, lease: Lease<UpstreamBody>) -> Response<ProxyBody> {
+    fn respond(self, resp: Response<Incoming>, lease: Lease<UpstreamBody>) -> Response<LoggedBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = PooledBody {
@@ -1043,10 +1128,10 @@ impl Record {
             lease: Some(lease),
             shared: self.shared.clone(),
         };
-        self.respond_boxed(Response::from_parts(parts, body.boxed()))
+        self.logged(Response::from_parts(parts, ResponseBody::Upstream(body)))
     }
 
-    fn respond_boxed(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    fn logged(mut self, resp: Response<ResponseBody>) -> Response<LoggedBody> {
         self.entry.status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
         Response::from_parts(
@@ -1055,8 +1140,7 @@ impl Record {
                 inner: body,
                 sent: 0,
                 record: Some(self),
-            }
-            .boxed(),
+            },
         )
     }
 
@@ -1069,21 +1153,32 @@ impl Record {
             self.entry.status = status;
         }
         let elapsed = self.started.elapsed();
-        self.entry.time = now_rfc3339();
-        self.entry.bytes_sent = sent;
-        self.entry.bytes_received = self.received.load(Ordering::Relaxed);
-        self.entry.duration_ms = duration_ms(elapsed);
+        // Taken, not copied: the record is done with it.
+        let mut entry = core::mem::replace(&mut self.entry, AccessEntry::empty("http"));
+        entry.time = now_rfc3339();
+        entry.bytes_sent = sent;
+        entry.bytes_received = self.received.load(Ordering::Relaxed);
+        entry.duration_ms = duration_ms(elapsed);
+        for unknown in [
+            &mut entry.principal,
+            &mut entry.destination,
+            &mut entry.policy,
+        ] {
+            if unknown.is_empty() {
+                "-".clone_into(unknown);
+            }
+        }
         self.shared.metrics.request(
-            DecisionLabels {
-                destination: self.entry.destination.clone(),
-                security: self.entry.security,
-                decision: self.entry.decision,
-                reason: self.entry.reason.clone(),
+            RequestLabels {
+                destination: &entry.destination,
+                security: entry.security,
+                decision: entry.decision,
+                reason: &entry.reason,
             },
-            self.entry.status,
+            entry.status,
             elapsed,
         );
-        self.shared.access_log.record(self.entry.clone());
+        self.shared.access_log.record(entry);
     }
 }
 
@@ -1091,10 +1186,47 @@ pub(crate) fn duration_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
+/// Where a response body comes from.
+enum ResponseBody {
+    /// Generated by the gateway.
+    Local(Full<Bytes>),
+    /// The upstream's.
+    Upstream(PooledBody),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Local(b) => b.is_end_stream(),
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Local(b) => b.size_hint(),
+            ResponseBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body that completes the request's [`Record`] when it ends or
 /// is dropped (client went away), with the bytes actually sent.
 struct LoggedBody {
-    inner: ProxyBody,
+    inner: ResponseBody,
     sent: u64,
     record: Option<Record>,
 }

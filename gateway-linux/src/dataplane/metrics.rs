@@ -65,6 +65,26 @@ pub(crate) struct DecisionLabels {
     pub(crate) reason: String,
 }
 
+/// Labels of one request, borrowed from its access-log entry: counting a
+/// request allocates nothing once its label set has been seen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLabels<'a> {
+    pub(crate) destination: &'a str,
+    pub(crate) security: &'static str,
+    pub(crate) decision: &'static str,
+    pub(crate) reason: &'a str,
+}
+
+/// One request counter under a destination (see [`Inner::requests`]).
+#[derive(Debug)]
+struct RequestCount {
+    security: &'static str,
+    decision: &'static str,
+    reason: String,
+    status: u16,
+    count: u64,
+}
+
 /// When a plaintext client was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PlaintextClient {
@@ -78,7 +98,10 @@ pub(crate) struct PlaintextClient {
 #[derive(Debug, Default)]
 struct Inner {
     connections: HashMap<DecisionLabels, u64>,
-    requests: HashMap<(DecisionLabels, u16), u64>,
+    /// Request counters by destination, then by the other labels; looked
+    /// up with borrowed strings, and the few label sets of a destination
+    /// are scanned rather than hashed.
+    requests: HashMap<String, Vec<RequestCount>>,
     handshake_failures: HashMap<&'static str, u64>,
     handshake_latency: Histogram,
     request_latency: Histogram,
@@ -101,9 +124,29 @@ impl Metrics {
         self.with(|m| *m.connections.entry(labels).or_default() += 1);
     }
 
-    pub(crate) fn request(&self, labels: DecisionLabels, status: u16, latency: Duration) {
+    pub(crate) fn request(&self, labels: RequestLabels<'_>, status: u16, latency: Duration) {
         self.with(|m| {
-            *m.requests.entry((labels, status)).or_default() += 1;
+            if !m.requests.contains_key(labels.destination) {
+                m.requests.insert(labels.destination.to_owned(), Vec::new());
+            }
+            let Some(counts) = m.requests.get_mut(labels.destination) else {
+                return;
+            };
+            match counts.iter_mut().find(|c| {
+                c.status == status
+                    && c.security == labels.security
+                    && c.decision == labels.decision
+                    && c.reason == labels.reason
+            }) {
+                Some(c) => c.count += 1,
+                None => counts.push(RequestCount {
+                    security: labels.security,
+                    decision: labels.decision,
+                    reason: labels.reason.to_owned(),
+                    status,
+                    count: 1,
+                }),
+            }
             m.request_latency.observe(latency);
         });
     }
@@ -189,13 +232,30 @@ impl Metrics {
                 let _ = writeln!(out, "meshgate_connections_total{{{}}} {v}", labels(l));
             }
             out.push_str("# HELP meshgate_requests_total HTTP requests by destination, security, decision, reason and status.\n# TYPE meshgate_requests_total counter\n");
-            let mut reqs: Vec<_> = m.requests.iter().collect();
+            let mut reqs: Vec<_> = m
+                .requests
+                .iter()
+                .flat_map(|(destination, counts)| {
+                    counts.iter().map(move |c| {
+                        (
+                            DecisionLabels {
+                                destination: destination.clone(),
+                                security: c.security,
+                                decision: c.decision,
+                                reason: c.reason.clone(),
+                            },
+                            c.status,
+                            c.count,
+                        )
+                    })
+                })
+                .collect();
             reqs.sort();
-            for ((l, status), v) in reqs {
+            for (l, status, v) in reqs {
                 let _ = writeln!(
                     out,
                     "meshgate_requests_total{{{},status=\"{status}\"}} {v}",
-                    labels(l)
+                    labels(&l)
                 );
             }
             out.push_str("# HELP meshgate_tls_handshake_failures_total Inbound TLS handshakes that failed, by reason.\n# TYPE meshgate_tls_handshake_failures_total counter\n");
@@ -268,7 +328,36 @@ mod tests {
         };
         m.connection(l.clone());
         m.connection(l.clone());
-        m.request(l, 403, Duration::from_millis(3));
+        m.request(
+            RequestLabels {
+                destination: &l.destination,
+                security: l.security,
+                decision: l.decision,
+                reason: &l.reason,
+            },
+            403,
+            Duration::from_millis(3),
+        );
+        m.request(
+            RequestLabels {
+                destination: "details:9080",
+                security: "none",
+                decision: "deny",
+                reason: "plaintext_under_strict",
+            },
+            403,
+            Duration::from_millis(3),
+        );
+        m.request(
+            RequestLabels {
+                destination: "details:9080",
+                security: "none",
+                decision: "deny",
+                reason: "plaintext_under_strict",
+            },
+            503,
+            Duration::from_millis(3),
+        );
         m.handshake_failure("certificate_required");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
         m.plaintext_client("bookinfo", "10.0.0.1".parse().expect("ip"), t);
@@ -276,13 +365,14 @@ mod tests {
         m.plaintext_client("bookinfo", "10.0.0.2".parse().expect("ip"), t);
         let text = m.render();
         assert!(text.contains("meshgate_connections_total{destination=\"details:9080\",security=\"none\",decision=\"deny\",reason=\"plaintext_under_strict\"} 2"), "{text}");
-        assert!(text.contains("status=\"403\"} 1"), "{text}");
+        assert!(text.contains("status=\"403\"} 2"), "{text}");
+        assert!(text.contains("status=\"503\"} 1"), "{text}");
         assert!(
             text.contains(
                 "meshgate_tls_handshake_failures_total{reason=\"certificate_required\"} 1"
             )
         );
-        assert!(text.contains("meshgate_request_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("meshgate_request_seconds_bucket{le=\"0.005\"} 3"));
         assert!(text.contains("meshgate_request_seconds_bucket{le=\"0.001\"} 0"));
         assert!(text.contains("meshgate_plaintext_clients{namespace=\"bookinfo\"} 2"));
         let clients = m.plaintext_clients();

@@ -24,10 +24,11 @@ pub(crate) fn value(gateway_id: &str, peer: &PeerIdentity) -> Option<HeaderValue
 }
 
 /// Removes every client-supplied XFCC header and, for an mTLS peer, sets
-/// the gateway's own.
-pub(crate) fn apply(headers: &mut HeaderMap, gateway_id: &str, peer: Option<&PeerIdentity>) {
+/// the gateway's own `value` (built by [`value`]; the proxy builds it once
+/// per connection).
+pub(crate) fn apply(headers: &mut HeaderMap, value: Option<HeaderValue>) {
     headers.remove(XFCC);
-    if let Some(v) = peer.and_then(|p| value(gateway_id, p)) {
+    if let Some(v) = value {
         headers.insert(XFCC, v);
     }
 }
@@ -56,8 +57,10 @@ mod tests {
         h.append(XFCC, HeaderValue::from_static("By=forged"));
         apply(
             &mut h,
-            "spiffe://cluster.local/ns/meshgate-system/sa/meshgate",
-            Some(&peer()),
+            value(
+                "spiffe://cluster.local/ns/meshgate-system/sa/meshgate",
+                &peer(),
+            ),
         );
         let all: Vec<_> = h.get_all(XFCC).iter().collect();
         assert_eq!(all.len(), 1);
@@ -74,7 +77,7 @@ mod tests {
     fn plaintext_peer_gets_no_header() {
         let mut h = HeaderMap::new();
         h.append(XFCC, HeaderValue::from_static("URI=spiffe://forged"));
-        apply(&mut h, "spiffe://cluster.local/ns/a/sa/b", None);
+        apply(&mut h, None);
         assert!(h.get(XFCC).is_none());
     }
 }
