@@ -18,8 +18,19 @@
 //!   domain, so a certificate from another trust domain fails the handshake;
 //! - outbound client configurations that verify the upstream's SPIFFE ID
 //!   (secure naming) instead of a DNS name.
+//!
+//! The client verifier remembers the chains it accepted ([`VerifiedChains`],
+//! one per identity, so per trust bundle): a client presenting exactly the
+//! same certificate bytes again skips the chain's signature verification
+//! and the certificate parsing, the most expensive part of a handshake
+//! after the key exchange. What can change between two handshakes with the
+//! same bytes is still checked on every one: the validity period against
+//! the current time, and revocation. The proof of possession (the client's
+//! CertificateVerify signature) is verified by rustls on every handshake,
+//! and there is no session resumption.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use meshgate_core::spiffe::{OwnedSpiffeId, OwnedTrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -136,6 +147,9 @@ impl Identity {
         certified.keys_match().map_err(IdentityError::BadKey)?;
         let certified = Arc::new(certified);
 
+        // One memory of accepted chains for both verifiers: they check
+        // against the same roots and trust domain.
+        let verified = Arc::new(VerifiedChains::default());
         let verifier = |mandatory: bool| -> Result<Arc<dyn ClientCertVerifier>, IdentityError> {
             let builder =
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
@@ -149,6 +163,7 @@ impl Identity {
                 inner,
                 trust_domain: trust_domain.clone(),
                 revocation: revocation.clone(),
+                verified: verified.clone(),
             }))
         };
         let required = verifier(true)?;
@@ -269,6 +284,104 @@ struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: OwnedTrustDomain,
     revocation: Option<Arc<dyn RevocationCheck>>,
+    verified: Arc<VerifiedChains>,
+}
+
+/// How many accepted client chains an identity remembers. A mesh gateway
+/// sees one certificate per client workload (rotated about daily), so this
+/// covers a large mesh; when it is full the memory starts over, which only
+/// costs full verifications again. At most about 2 KiB per entry.
+const VERIFIED_CHAINS_MAX: usize = 1024;
+
+/// Client certificate chains that passed the WebPKI verification and the
+/// SPIFFE check against one identity's roots and trust domain, keyed by
+/// the exact DER bytes of the leaf (and compared by the exact bytes of the
+/// intermediates). Verifying the same bytes against the same trust anchors
+/// gives the same answer at any time within the certificates' validity, so
+/// an entry stands in for the signature checks of the chain; the caller
+/// still checks the time window and revocation on every handshake.
+#[derive(Debug, Default)]
+struct VerifiedChains {
+    chains: Mutex<HashMap<Box<[u8]>, VerifiedChain>>,
+}
+
+/// One remembered chain.
+#[derive(Debug)]
+struct VerifiedChain {
+    intermediates: Box<[Box<[u8]>]>,
+    /// The latest notBefore and the earliest notAfter over the leaf and
+    /// every presented intermediate (seconds since the epoch): the chain
+    /// verifies only while all of them are valid.
+    not_before: i64,
+    not_after: i64,
+    peer: peer::PeerIdentity,
+}
+
+impl VerifiedChains {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, VerifiedChain>> {
+        // Entries are inserted and removed whole, so a poisoned lock still
+        // guards consistent data.
+        self.chains.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The peer of a chain accepted before with exactly these bytes, if
+    /// every certificate of it is valid at `now`.
+    fn get(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<peer::PeerIdentity> {
+        let now = i64::try_from(now.as_secs()).ok()?;
+        let chains = self.lock();
+        let chain = chains.get(leaf.as_ref())?;
+        let same_intermediates = chain.intermediates.len() == intermediates.len()
+            && chain
+                .intermediates
+                .iter()
+                .zip(intermediates)
+                .all(|(a, b)| a.as_ref() == b.as_ref());
+        // webpki's own validity check is inclusive at both ends.
+        (same_intermediates && chain.not_before <= now && now <= chain.not_after)
+            .then(|| chain.peer.clone())
+    }
+
+    /// Remembers a chain that was just verified at `now`. A chain whose
+    /// presented certificates are not all parseable and valid at `now`
+    /// (webpki may have ignored an unused intermediate) is not remembered.
+    fn insert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        verified: &peer::VerifiedLeaf,
+        now: UnixTime,
+    ) {
+        let Ok(now) = i64::try_from(now.as_secs()) else {
+            return;
+        };
+        let (mut not_before, mut not_after) = (verified.not_before, verified.not_after);
+        for der in intermediates {
+            let Some((nb, na)) = peer::validity_of(der.as_ref()) else {
+                return;
+            };
+            not_before = not_before.max(nb);
+            not_after = not_after.min(na);
+        }
+        if !(not_before <= now && now <= not_after) {
+            return;
+        }
+        let chain = VerifiedChain {
+            intermediates: intermediates.iter().map(|c| c.as_ref().into()).collect(),
+            not_before,
+            not_after,
+            peer: verified.peer.clone(),
+        };
+        let mut chains = self.lock();
+        if chains.len() >= VERIFIED_CHAINS_MAX {
+            chains.clear();
+        }
+        chains.insert(leaf.as_ref().into(), chain);
+    }
 }
 
 impl SpiffeClientVerifier {
@@ -333,16 +446,26 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if let Err(e) = peer::check_workload_id(end_entity, self.trust_domain.borrow()) {
-            tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
-            return Err(self.spiffe_rejection(end_entity));
-        }
+        let peer = match self.verified.get(end_entity, intermediates, now) {
+            Some(peer) => peer,
+            None => {
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, now)?;
+                let leaf = match peer::verified_workload_leaf(
+                    end_entity,
+                    self.trust_domain.borrow(),
+                ) {
+                    Ok(leaf) => leaf,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client certificate rejected by SPIFFE check");
+                        return Err(self.spiffe_rejection(end_entity));
+                    }
+                };
+                self.verified.insert(end_entity, intermediates, &leaf, now);
+                leaf.peer
+            }
+        };
         if let Some(revocation) = &self.revocation {
-            let peer = peer::peer_of(end_entity).map_err(|_| {
-                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
-            })?;
             if revocation.is_revoked(peer.spiffe_id.borrow().as_str(), &peer.serial) {
                 tracing::info!(
                     spiffe_id = peer.spiffe_id.borrow().as_str(),
@@ -454,5 +577,235 @@ impl ServerCertVerifier for SecureNamingVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use core::time::Duration;
+
+    use meshgate_core::spiffe::TrustDomain;
+
+    use super::*;
+    use crate::dataplane::tests::Pki;
+
+    /// rustls' WebPKI verifier, counting how often it is asked.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ClientCertVerifier>,
+        calls: AtomicUsize,
+    }
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.inner.root_hint_subjects()
+        }
+
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<ClientCertVerified, rustls::Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Switch(AtomicBool);
+
+    impl RevocationCheck for Switch {
+        fn is_revoked(&self, _spiffe_id: &str, _serial: &[u8]) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    struct Fixture {
+        pki: Pki,
+        counting: Arc<Counting>,
+        revoked: Arc<Switch>,
+        verifier: SpiffeClientVerifier,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let pki = Pki::new("verified-chains CA");
+            let mut roots = RootCertStore::empty();
+            roots.add(pki.ca_der.clone()).expect("root");
+            let inner = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .expect("webpki verifier");
+            let counting = Arc::new(Counting {
+                inner,
+                calls: AtomicUsize::new(0),
+            });
+            let revoked = Arc::new(Switch::default());
+            let verifier = SpiffeClientVerifier {
+                inner: counting.clone(),
+                trust_domain: TrustDomain::parse("cluster.local").expect("td").to_owned(),
+                revocation: Some(revoked.clone()),
+                verified: Arc::new(VerifiedChains::default()),
+            };
+            Fixture {
+                pki,
+                counting,
+                revoked,
+                verifier,
+            }
+        }
+
+        fn calls(&self) -> usize {
+            self.counting.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn an_accepted_chain_is_remembered_but_time_and_revocation_are_checked_every_time() {
+        let f = Fixture::new();
+        let leaf = f
+            .pki
+            .leaf("client", &["spiffe://cluster.local/ns/a/sa/b"], &[])
+            .der;
+        let now = UnixTime::now();
+        f.verifier
+            .verify_client_cert(&leaf, &[], now)
+            .expect("first handshake");
+        assert_eq!(f.calls(), 1);
+        f.verifier
+            .verify_client_cert(&leaf, &[], now)
+            .expect("same chain again");
+        assert_eq!(f.calls(), 1, "the same bytes are not verified twice");
+
+        // Other intermediates are another chain: verified in full (and
+        // remembered in place of the first, one chain per leaf).
+        let extra = [f.pki.ca_der.clone()];
+        f.verifier
+            .verify_client_cert(&leaf, &extra, now)
+            .expect("with an extra intermediate");
+        assert_eq!(f.calls(), 2);
+        f.verifier
+            .verify_client_cert(&leaf, &extra, now)
+            .expect("that chain again");
+        assert_eq!(f.calls(), 2);
+
+        // Outside the validity period the remembered chain does not count:
+        // webpki decides (rcgen's certificates start in 1975).
+        let err = f
+            .verifier
+            .verify_client_cert(&leaf, &extra, UnixTime::since_unix_epoch(Duration::ZERO))
+            .expect_err("not valid in 1970");
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }
+                )
+            ),
+            "{err:?}"
+        );
+        assert_eq!(f.calls(), 3);
+
+        // A revocation recorded after the chain was remembered still fails
+        // the next handshake, without a new verification.
+        f.revoked.0.store(true, Ordering::SeqCst);
+        let err = f
+            .verifier
+            .verify_client_cert(&leaf, &extra, now)
+            .expect_err("revoked");
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
+        );
+        assert_eq!(f.calls(), 3);
+    }
+
+    #[test]
+    fn a_refused_chain_is_not_remembered() {
+        let f = Fixture::new();
+        let foreign = f
+            .pki
+            .leaf("foreign", &["spiffe://evil.local/ns/a/sa/b"], &[])
+            .der;
+        let now = UnixTime::now();
+        for round in 1..=2 {
+            let err = f
+                .verifier
+                .verify_client_cert(&foreign, &[], now)
+                .expect_err("foreign trust domain");
+            assert!(
+                matches!(
+                    err,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForNameContext { .. }
+                    )
+                ),
+                "{err:?}"
+            );
+            assert_eq!(f.calls(), round, "verified in full every time");
+        }
+        let stranger = Pki::new("another CA")
+            .leaf("stranger", &["spiffe://cluster.local/ns/a/sa/b"], &[])
+            .der;
+        for round in 3..=4 {
+            f.verifier
+                .verify_client_cert(&stranger, &[], now)
+                .expect_err("unknown issuer");
+            assert_eq!(f.calls(), round);
+        }
+    }
+
+    #[test]
+    fn the_memory_of_chains_is_bounded() {
+        let chains = VerifiedChains::default();
+        let now = UnixTime::now();
+        let secs = i64::try_from(now.as_secs()).expect("now");
+        let leaf = peer::VerifiedLeaf {
+            peer: peer::PeerIdentity {
+                spiffe_id: OwnedSpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").expect("id"),
+                leaf_sha256_hex: String::new(),
+                serial: vec![1],
+            },
+            not_before: secs - 60,
+            not_after: secs + 60,
+        };
+        for i in 0..VERIFIED_CHAINS_MAX + 10 {
+            let der = CertificateDer::from(i.to_be_bytes().to_vec());
+            chains.insert(&der, &[], &leaf, now);
+            assert!(chains.lock().len() <= VERIFIED_CHAINS_MAX);
+            assert_eq!(chains.get(&der, &[], now), Some(leaf.peer.clone()));
+        }
+        // An entry is used only inside the window it was stored with.
+        let der = CertificateDer::from(0usize.to_be_bytes().to_vec());
+        chains.insert(&der, &[], &leaf, now);
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + 61));
+        assert_eq!(chains.get(&der, &[], later), None);
     }
 }

@@ -72,7 +72,15 @@ pub(crate) struct PeerIdentity {
 pub(crate) fn peer_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerIdError> {
     let (_, cert) =
         X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
-    let uri = one_uri(uris_of(&cert)?)?;
+    identity_of(&cert, leaf, one_uri(uris_of(&cert)?)?)
+}
+
+/// The identity of a parsed certificate whose one URI SAN is `uri`.
+fn identity_of(
+    cert: &X509Certificate<'_>,
+    leaf: &CertificateDer<'_>,
+    uri: String,
+) -> Result<PeerIdentity, PeerIdError> {
     let spiffe_id = OwnedSpiffeId::parse(&uri).map_err(PeerIdError::NotSpiffe)?;
     let raw = cert.raw_serial();
     let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
@@ -83,20 +91,51 @@ pub(crate) fn peer_of(leaf: &CertificateDer<'_>) -> Result<PeerIdentity, PeerIdE
     })
 }
 
-/// Checks that `leaf` carries exactly one SPIFFE URI SAN of the form
-/// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; used inside the TLS client
-/// verifier so that a wrong identity fails the handshake itself.
-pub(crate) fn check_workload_id(
-    leaf: &CertificateDer<'_>,
-    trust_domain: TrustDomain<'_>,
-) -> Result<(), PeerIdError> {
-    let uris = uri_sans(leaf)?;
-    check_uri_sans(&uris, trust_domain)
+/// What the client-certificate verifier learns from one parse of a leaf
+/// whose chain webpki accepted: the peer's identity (the SPIFFE check
+/// passed) and the leaf's validity period, in seconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VerifiedLeaf {
+    pub(crate) peer: PeerIdentity,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
 }
 
-/// The decision of [`check_workload_id`] over the URI SANs a certificate
-/// presented. It is separate so that the reason of a failed handshake can
-/// be named from the URIs the TLS error carries (see
+/// The SPIFFE check ([`check_uri_sans`]) and [`peer_of`] in one parse of
+/// the certificate: the handshake path parses a client leaf once, not once
+/// per question.
+pub(crate) fn verified_workload_leaf(
+    leaf: &CertificateDer<'_>,
+    trust_domain: TrustDomain<'_>,
+) -> Result<VerifiedLeaf, PeerIdError> {
+    let (_, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|_| PeerIdError::BadCertificate)?;
+    let uris = uris_of(&cert)?;
+    check_uri_sans(&uris, trust_domain)?;
+    let validity = cert.validity();
+    Ok(VerifiedLeaf {
+        peer: identity_of(&cert, leaf, one_uri(uris)?)?,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
+}
+
+/// The validity period of a certificate (seconds since the epoch), or
+/// `None` when it does not parse.
+pub(crate) fn validity_of(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// Whether the URI SANs a certificate presented are exactly one SPIFFE ID
+/// of the form `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`. The TLS client
+/// verifier decides with it (through [`verified_workload_leaf`], so that a
+/// wrong identity fails the handshake itself), and the reason of a failed
+/// handshake is named from the URIs the TLS error carries (see
 /// `identity::SpiffeClientVerifier`) with exactly the same rules.
 pub(crate) fn check_uri_sans<S: AsRef<str>>(
     uris: &[S],
