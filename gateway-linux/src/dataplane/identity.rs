@@ -96,6 +96,8 @@ pub(crate) struct Identity {
     server_required_tcp: Arc<ServerConfig>,
     server_optional_http: Arc<ServerConfig>,
     server_optional_tcp: Arc<ServerConfig>,
+    /// The chains the client verifiers accepted.
+    verified: Arc<VerifiedChains>,
 }
 
 /// ALPN ids offered to HTTP clients, h2 first as Envoy does.
@@ -194,12 +196,26 @@ impl Identity {
             certified,
             roots,
             provider,
+            verified,
         })
     }
 
     /// The gateway's SPIFFE ID (the XFCC `By=` element).
     pub(crate) fn spiffe_id(&self) -> &OwnedSpiffeId {
         &self.spiffe_id
+    }
+
+    /// The identity of a client leaf after the handshake: from the client
+    /// verifier's memory when it accepted this leaf (what it holds is a
+    /// function of the leaf's bytes alone), else parsed.
+    pub(crate) fn peer_of(
+        &self,
+        leaf: &CertificateDer<'_>,
+    ) -> Result<peer::PeerIdentity, PeerIdError> {
+        match self.verified.peer(leaf) {
+            Some(peer) => Ok(peer),
+            None => peer::peer_of(leaf),
+        }
     }
 
     /// The inbound server configuration: client certificate required
@@ -344,6 +360,13 @@ impl VerifiedChains {
         // webpki's own validity check is inclusive at both ends.
         (same_intermediates && chain.not_before <= now && now <= chain.not_after)
             .then(|| chain.peer.clone())
+    }
+
+    /// The identity of a remembered leaf, whatever the time and chain.
+    fn peer(&self, leaf: &CertificateDer<'_>) -> Option<peer::PeerIdentity> {
+        self.lock()
+            .get(leaf.as_ref())
+            .map(|chain| chain.peer.clone())
     }
 
     /// Remembers a chain that was just verified at `now`. A chain whose
@@ -703,6 +726,12 @@ mod tests {
             .verify_client_cert(&leaf, &[], now)
             .expect("same chain again");
         assert_eq!(f.calls(), 1, "the same bytes are not verified twice");
+
+        // What the memory answers after the handshake is what a parse says.
+        assert_eq!(
+            f.verifier.verified.peer(&leaf),
+            Some(peer::peer_of(&leaf).expect("parsed"))
+        );
 
         // Other intermediates are another chain: verified in full (and
         // remembered in place of the first, one chain per leaf).

@@ -32,7 +32,6 @@ use super::http_proxy::{self, ConnContext, ConnSecurity, duration_ms};
 use super::identity::Protocol;
 use super::idle;
 use super::metrics::DecisionLabels;
-use super::peer;
 use super::prefixed::Prefixed;
 use super::snapshot::{ModeDecision, Route, Snapshot};
 use super::tcp_proxy::{self, TcpKind};
@@ -309,7 +308,9 @@ async fn serve(
     let (_, conn) = tls.get_ref();
     let peer = match conn.peer_certificates().and_then(|c| c.first()) {
         None => None,
-        Some(leaf) => match peer::peer_of(leaf) {
+        // The client verifier of the identity that ran the handshake
+        // remembers this leaf's identity (after a rotation: parsed).
+        Some(leaf) => match shared.identity.load().peer_of(leaf) {
             Ok(p) => Some(p),
             Err(e) => {
                 // The verifier already requires a SPIFFE ID; reaching this
