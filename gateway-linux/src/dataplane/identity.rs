@@ -488,15 +488,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
                 leaf.peer
             }
         };
-        if let Some(revocation) = &self.revocation {
-            if revocation.is_revoked(peer.spiffe_id.borrow().as_str(), &peer.serial) {
-                tracing::info!(
-                    spiffe_id = peer.spiffe_id.borrow().as_str(),
-                    serial = %hex::encode(&peer.serial),
-                    "client certificate is revoked; handshake refused"
-                );
-                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-            }
+        if let Some(revocation) = &self.revocation
+            && revocation.is_revoked(peer.spiffe_id.borrow().as_str(), &peer.serial)
+        {
+            tracing::info!(
+                spiffe_id = peer.spiffe_id.borrow().as_str(),
+                serial = %hex::encode(&peer.serial),
+                "client certificate is revoked; handshake refused"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())
     }
