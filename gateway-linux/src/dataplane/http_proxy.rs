@@ -240,12 +240,15 @@ pub(crate) trait Parkable: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl Parkable for Box<tokio_rustls::server::TlsStream<Tracked<TcpStream>>> {
+impl Parkable for Box<super::inbound::tls::TlsStream<Tracked<TcpStream>>> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Only called after a read returned Pending: rustls then holds no
-        // decrypted bytes and no complete record, so new socket bytes are
-        // all that can wake it.
-        self.get_ref().0.get_ref().poll_read_ready(cx)
+        // After a read returned Pending the stream holds no decrypted bytes
+        // and at most a partial record, so new socket bytes are all that
+        // can wake it; the check covers a caller that did not read first.
+        if self.read_would_not_block() {
+            return Poll::Ready(Ok(()));
+        }
+        self.get_ref().get_ref().poll_read_ready(cx)
     }
 }
 
