@@ -15,8 +15,11 @@
 //!   engine) for continuous client traffic with per-request records.
 //!
 //! The binary is the one cargo built next to the test executable
-//! (`target/<profile>/meshgate`), or `MESHGATE_BIN`. Build it first:
-//! `cargo build -p meshgate && cargo test -p meshgate-e2e`.
+//! (`target/<profile>/meshgate`), or `MESHGATE_BIN`. `cargo test` does not
+//! rebuild another package's binary, so when the gateway's sources are newer
+//! than that binary (or it is missing) the harness runs `cargo build -p
+//! meshgate` once per test process: a test never silently drives a stale
+//! gateway.
 //!
 //! This is test code: a broken environment fails the test loudly with a
 //! message (panics), which is what a test should do.
@@ -29,7 +32,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 pub use serde_json::Value;
@@ -91,22 +94,125 @@ spec:
 
 /// The `meshgate` binary under test.
 pub fn meshgate_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHGATE_BIN") {
-        return PathBuf::from(p);
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("MESHGATE_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/<test-exe> → target/<profile>/meshgate
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory");
+        let bin = profile_dir.join("meshgate");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        if is_stale(&bin, workspace) {
+            build_meshgate(profile_dir, workspace);
+        }
+        assert!(
+            bin.exists(),
+            "{} does not exist: run `cargo build -p meshgate` first (or set MESHGATE_BIN)",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// What the gateway binary is built from: Rust, manifests, and the files it
+/// embeds (policy YAML, OpenAPI JSON, the web UI).
+const SOURCE_EXTENSIONS: &[&str] = &["rs", "toml", "yaml", "json", "js", "html", "css", "svg"];
+
+/// Whether `bin` is missing or older than any source it is built from (the
+/// gateway's, the core's and the web UI's files, and Cargo.lock).
+fn is_stale(bin: &Path, workspace: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    fn newer(dir: &Path, than: std::time::SystemTime) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let path = e.path();
+            let Ok(kind) = e.file_type() else {
+                return false;
+            };
+            if kind.is_dir() {
+                let name = e.file_name();
+                name != "target" && !name.to_string_lossy().starts_with('.') && newer(&path, than)
+            } else {
+                let source = path
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| SOURCE_EXTENSIONS.contains(&x));
+                source
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t > than)
+            }
+        })
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>/meshgate
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("meshgate"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build -p meshgate` first (or set MESHGATE_BIN)",
-        bin.display()
+    workspace
+        .join("Cargo.lock")
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t > built)
+        || newer(&workspace.join("gateway-linux"), built)
+        || newer(&workspace.join("core"), built)
+        || newer(&workspace.join("web-ui"), built)
+}
+
+/// `cargo build -p meshgate` into the target directory this test runs from.
+fn build_meshgate(profile_dir: &Path, workspace: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile directory name");
+    let target_dir = profile_dir.parent().expect("target directory");
+    eprintln!(
+        "meshgate-e2e: {}/meshgate is missing or older than its sources: building it",
+        profile_dir.display()
     );
-    bin
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--locked", "-p", "meshgate"])
+        .env("CARGO_TARGET_DIR", target_dir);
+    // What cargo set for this test process describes the test crate; build
+    // scripts that watch these (ring's watches CARGO_MANIFEST_DIR) would
+    // otherwise rebuild, and the next plain `cargo build` rebuild again.
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(k);
+        }
+    }
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status().expect("run cargo build -p meshgate");
+    assert!(status.success(), "cargo build -p meshgate failed: {status}");
 }
 
 /// A stand-in workload: plaintext HTTP/1.1, one request per connection.

@@ -27,6 +27,7 @@
 //! Build the binary first: `cargo build -p meshgate` (or set MESHGATE_BIN).
 
 use core::time::Duration;
+use meshgate_e2e::meshgate_bin;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,26 +38,6 @@ use std::time::Instant;
 /// The last line `meshgate demo` prints once every printed command works.
 const READY: &str = "meshgate demo: ready";
 const SLEEP_ID: &str = "spiffe://cluster.local/ns/bookinfo/sa/sleep";
-
-/// The `meshgate` binary: MESHGATE_BIN, else the one cargo built next to
-/// this test executable (target/<profile>/meshgate).
-fn meshgate_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHGATE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("meshgate"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build -p meshgate` first (or set MESHGATE_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 /// Runs `cmd`, killing it after `limit`; returns its output.
 fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
