@@ -64,7 +64,17 @@ pub struct BenchPki {
     pub client_der: CertificateDer<'static>,
     /// The client key, PKCS#8 DER.
     client_key_der: Vec<u8>,
+    /// More client certificates for the same SPIFFE ID, each with its own
+    /// key (certificate DER, PKCS#8 key DER): the handshake phase that
+    /// presents a certificate the server has not seen recently.
+    pub fresh_clients: Vec<(CertificateDer<'static>, Vec<u8>)>,
 }
+
+/// How many distinct client certificates the "new certificate each time"
+/// handshake phase cycles through: more than twice the 1,024 accepted
+/// chains meshgate's client verifier remembers, so that every handshake of
+/// the cycle misses that memory (it starts over when full).
+pub const FRESH_CLIENTS: usize = 2_304;
 
 /// Paths of the PEM files written by [`BenchPki::write_files`].
 #[derive(Debug, Clone)]
@@ -94,6 +104,12 @@ impl BenchPki {
     /// and [`SERVER_SPIFFE_ID`]) and a client certificate
     /// ([`CLIENT_SPIFFE_ID`]), all P-256 / ECDSA-SHA256.
     pub fn generate() -> Result<Self, CertError> {
+        Self::generate_with_fresh_clients(0)
+    }
+
+    /// [`BenchPki::generate`] plus `fresh` more client certificates
+    /// ([`BenchPki::fresh_clients`]).
+    pub fn generate_with_fresh_clients(fresh: usize) -> Result<Self, CertError> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params
             .distinguished_name
@@ -125,12 +141,21 @@ impl BenchPki {
         sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let server = sp.signed_by(&server_key, &ca)?;
 
+        let client_params = || -> Result<CertificateParams, rcgen::Error> {
+            let mut cp = CertificateParams::new(Vec::<String>::new())?;
+            cp.subject_alt_names = vec![uri(CLIENT_SPIFFE_ID)?];
+            cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            cp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            Ok(cp)
+        };
         let client_key = p256()?;
-        let mut cp = CertificateParams::new(Vec::<String>::new())?;
-        cp.subject_alt_names = vec![uri(CLIENT_SPIFFE_ID)?];
-        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        cp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let client = cp.signed_by(&client_key, &ca)?;
+        let client = client_params()?.signed_by(&client_key, &ca)?;
+        let mut fresh_clients = Vec::with_capacity(fresh);
+        for _ in 0..fresh {
+            let key = p256()?;
+            let cert = client_params()?.signed_by(&key, &ca)?;
+            fresh_clients.push((cert.der().clone(), key.serialize_der()));
+        }
 
         Ok(Self {
             ca_der: ca.der().clone(),
@@ -142,6 +167,7 @@ impl BenchPki {
             server_key_der: server_key.serialize_der(),
             client_der: client.der().clone(),
             client_key_der: client_key.serialize_der(),
+            fresh_clients,
         })
     }
 

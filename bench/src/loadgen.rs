@@ -16,6 +16,7 @@
 //! same cryptography.
 
 use core::net::SocketAddr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use core::time::Duration;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
@@ -68,6 +69,10 @@ pub enum LoadError {
     /// clients in the accept queue; a phase must not hang on that).
     #[error("{0} timed out after {IO_TIMEOUT:?}")]
     Timeout(&'static str),
+    /// The "new certificate each time" phase ran without fresh client
+    /// certificates.
+    #[error("no fresh client certificates to present")]
+    NoFreshCertificates,
 }
 
 /// The longest a connect (TCP + TLS) or one request may take before it
@@ -90,6 +95,9 @@ pub struct Endpoint {
 pub struct TlsClient {
     /// The shared client configuration ([`client_config`]).
     pub config: Arc<ClientConfig>,
+    /// One configuration per fresh client certificate
+    /// ([`fresh_client_configs`]; may be empty).
+    pub fresh: Arc<[Arc<ClientConfig>]>,
     /// SNI and the name checked in the server certificate.
     pub server_name: ServerName<'static>,
 }
@@ -177,17 +185,50 @@ pub fn bench_provider() -> rustls::crypto::CryptoProvider {
 /// trusts only the bench CA, and never resumes a session (no tickets, no
 /// session cache), so every connection is a full mTLS handshake.
 pub fn client_config(pki: &BenchPki) -> Result<Arc<ClientConfig>, LoadError> {
+    let (provider, verifier) = server_verifier(pki)?;
+    client_config_for(provider, verifier, pki.client_der.clone(), pki.client_key())
+}
+
+/// Like [`client_config`], one per certificate of
+/// [`BenchPki::fresh_clients`].
+pub fn fresh_client_configs(pki: &BenchPki) -> Result<Arc<[Arc<ClientConfig>]>, LoadError> {
+    let (provider, verifier) = server_verifier(pki)?;
+    pki.fresh_clients
+        .iter()
+        .map(|(cert, key)| {
+            client_config_for(
+                provider.clone(),
+                verifier.clone(),
+                cert.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
+            )
+        })
+        .collect()
+}
+
+type Provider = Arc<rustls::crypto::CryptoProvider>;
+
+fn server_verifier(pki: &BenchPki) -> Result<(Provider, Arc<ChainThenName>), LoadError> {
     let provider = Arc::new(bench_provider());
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca_der.clone())?;
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
+    Ok((provider, Arc::new(ChainThenName { inner })))
+}
+
+fn client_config_for(
+    provider: Provider,
+    verifier: Arc<ChainThenName>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, LoadError> {
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChainThenName { inner }))
-        .with_client_auth_cert(vec![pki.client_der.clone()], pki.client_key())?;
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![cert], key)?;
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
     Ok(Arc::new(config))
@@ -213,12 +254,21 @@ where
 
 /// Opens one connection (TCP, then the full mTLS handshake if TLS).
 pub async fn connect(ep: &Endpoint) -> Result<Conn, LoadError> {
-    tokio::time::timeout(IO_TIMEOUT, connect_inner(ep))
+    connect_as(ep, None).await
+}
+
+/// [`connect`], presenting the certificate of `config` instead of the
+/// endpoint's usual one (TLS endpoints only).
+async fn connect_as(ep: &Endpoint, config: Option<&Arc<ClientConfig>>) -> Result<Conn, LoadError> {
+    tokio::time::timeout(IO_TIMEOUT, connect_inner(ep, config))
         .await
         .map_err(|_| LoadError::Timeout("connect"))?
 }
 
-async fn connect_inner(ep: &Endpoint) -> Result<Conn, LoadError> {
+async fn connect_inner(
+    ep: &Endpoint,
+    config: Option<&Arc<ClientConfig>>,
+) -> Result<Conn, LoadError> {
     let tcp = TcpStream::connect(ep.addr)
         .await
         .map_err(LoadError::Connect)?;
@@ -226,7 +276,7 @@ async fn connect_inner(ep: &Endpoint) -> Result<Conn, LoadError> {
     match &ep.tls {
         None => http_over(tcp).await,
         Some(t) => {
-            let tls = TlsConnector::from(t.config.clone())
+            let tls = TlsConnector::from(config.unwrap_or(&t.config).clone())
                 .connect(t.server_name.clone(), tcp)
                 .await
                 .map_err(LoadError::Handshake)?;
@@ -297,17 +347,33 @@ impl Counts {
 const ERROR_PAUSE: Duration = Duration::from_millis(5);
 
 /// `concurrency` workers, each repeating: connect, full mTLS handshake,
-/// one request, close; until `duration` has passed.
-pub async fn handshakes(ep: &Endpoint, concurrency: usize, duration: Duration) -> Counts {
+/// one request, close; until `duration` has passed. With `fresh`, each
+/// handshake presents the next of the endpoint's fresh client certificates
+/// (round robin) instead of the usual one.
+pub async fn handshakes(
+    ep: &Endpoint,
+    concurrency: usize,
+    duration: Duration,
+    fresh: bool,
+) -> Counts {
     let until = Instant::now() + duration;
+    let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let ep = ep.clone();
+        let next = next.clone();
         set.spawn(async move {
             let mut c = Counts::default();
             while Instant::now() < until {
+                let config = ep.tls.as_ref().filter(|_| fresh).and_then(|t| {
+                    let n = t.fresh.len();
+                    (n > 0).then(|| &t.fresh[next.fetch_add(1, Ordering::Relaxed) % n])
+                });
                 let r = async {
-                    let mut conn = connect(&ep).await?;
+                    if fresh && config.is_none() {
+                        return Err(LoadError::NoFreshCertificates);
+                    }
+                    let mut conn = connect_as(&ep, config).await?;
                     conn.request(&ep.host).await
                 }
                 .await;

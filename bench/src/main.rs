@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use meshgate_bench::certs::{BenchPki, PkiFiles};
+use meshgate_bench::certs::{self, BenchPki, PkiFiles};
 use meshgate_bench::loadgen::{self, Endpoint, TlsClient};
 use meshgate_bench::procfs;
 use meshgate_bench::report::{self, Machine};
@@ -367,9 +367,15 @@ fn run(cli: Cli) -> Result<(), MainError> {
 
     let dir = std::env::temp_dir().join(format!("meshgate-bench-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-    let pki = BenchPki::generate()?;
+    let fresh = if plan.handshakes {
+        certs::FRESH_CLIENTS
+    } else {
+        0
+    };
+    let pki = BenchPki::generate_with_fresh_clients(fresh)?;
     let files = pki.write_files(&dir)?;
     let config = loadgen::client_config(&pki)?;
+    let fresh_configs = loadgen::fresh_client_configs(&pki)?;
 
     // What the rest of the machine does meanwhile: all busy CPU minus
     // this process and the servers it starts (waited-for children).
@@ -387,7 +393,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
         &meshgate_bin,
         &dir,
         files,
-        config,
+        (config, fresh_configs),
     ));
     let results = match result {
         Ok(r) => r,
@@ -469,7 +475,7 @@ async fn run_rounds(
     meshgate_bin: &Path,
     dir: &Path,
     pki: PkiFiles,
-    config: Arc<rustls::ClientConfig>,
+    (config, fresh_configs): (Arc<rustls::ClientConfig>, Arc<[Arc<rustls::ClientConfig>]>),
 ) -> Result<Vec<TargetRound>, MainError> {
     let upstream = targets::start_upstream(self_exe, dir)?;
     let env = Env {
@@ -515,6 +521,7 @@ async fn run_rounds(
                 host: SERVICE_HOST.to_owned(),
                 tls: kind.is_tls().then(|| TlsClient {
                     config: config.clone(),
+                    fresh: fresh_configs.clone(),
                     server_name: server_name.clone(),
                 }),
             };
@@ -547,6 +554,15 @@ fn print_progress(r: &TargetRound) {
     if let Some(p) = &r.handshakes {
         eprintln!(
             "  handshakes: {} ok, {} failed, {:.2} server CPU-s → {} per CPU-s",
+            p.counts.ok,
+            p.counts.errors,
+            p.cpu_s,
+            report::num(p.per_cpu_s(), 0)
+        );
+    }
+    if let Some(p) = &r.handshakes_fresh {
+        eprintln!(
+            "  handshakes, new client certificate each: {} ok, {} failed, {:.2} server CPU-s → {} per CPU-s",
             p.counts.ok,
             p.counts.errors,
             p.cpu_s,

@@ -173,6 +173,9 @@ pub struct TargetRound {
     pub rss_fresh: Option<u64>,
     /// Full handshakes (TLS targets only).
     pub handshakes: Option<Phase>,
+    /// Full handshakes, each presenting a client certificate the server
+    /// has not seen recently ([`crate::certs::FRESH_CLIENTS`] in turn).
+    pub handshakes_fresh: Option<Phase>,
     /// Keep-alive phases by concurrency.
     pub keepalive: Vec<(usize, Phase)>,
     /// Fixed-rate latency and the server CPU it cost.
@@ -190,6 +193,7 @@ impl TargetRound {
             error: None,
             rss_fresh: None,
             handshakes: None,
+            handshakes_fresh: None,
             keepalive: Vec::new(),
             latency: None,
             idle: None,
@@ -282,16 +286,23 @@ pub async fn measure(
     out.rss_fresh = Some(procfs::sample_tree(pid)?.rss_bytes);
 
     if tls && plan.handshakes {
-        let (counts, cpu_s, wall_s) = timed(
-            pid,
-            loadgen::handshakes(ep, plan.handshake_concurrency, plan.phase),
-        )
-        .await?;
-        out.handshakes = Some(Phase {
-            counts,
-            cpu_s,
-            wall_s,
-        });
+        for fresh in [false, true] {
+            let (counts, cpu_s, wall_s) = timed(
+                pid,
+                loadgen::handshakes(ep, plan.handshake_concurrency, plan.phase, fresh),
+            )
+            .await?;
+            let phase = Some(Phase {
+                counts,
+                cpu_s,
+                wall_s,
+            });
+            if fresh {
+                out.handshakes_fresh = phase;
+            } else {
+                out.handshakes = phase;
+            }
+        }
     }
 
     for &c in &plan.keepalive_concurrency {

@@ -31,6 +31,8 @@ struct Seen {
     mtls_handshakes: AtomicU64,
     /// Requests answered.
     requests: AtomicU64,
+    /// The distinct client certificates presented.
+    client_certs: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// An mTLS HTTP/1.1 server like the proxies under test: TLS 1.3, P-256,
@@ -79,6 +81,12 @@ async fn mtls_server(pki: &BenchPki) -> (core::net::SocketAddr, Arc<Seen>) {
                 if spiffe_ok {
                     seen.mtls_handshakes.fetch_add(1, Ordering::SeqCst);
                 }
+                if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    seen.client_certs
+                        .lock()
+                        .expect("lock")
+                        .insert(leaf.to_vec());
+                }
                 let seen2 = seen.clone();
                 let service = service_fn(move |_req| {
                     seen2.requests.fetch_add(1, Ordering::SeqCst);
@@ -103,6 +111,7 @@ fn tls_endpoint(addr: core::net::SocketAddr, pki: &BenchPki) -> Endpoint {
         host: SERVICE_HOST.to_owned(),
         tls: Some(TlsClient {
             config: loadgen::client_config(pki).expect("client config"),
+            fresh: loadgen::fresh_client_configs(pki).expect("fresh client configs"),
             server_name: ServerName::try_from("localhost").expect("name"),
         }),
     }
@@ -113,7 +122,7 @@ async fn handshakes_are_full_mtls_and_counted_exactly() {
     let pki = BenchPki::generate().expect("pki");
     let (addr, seen) = mtls_server(&pki).await;
     let ep = tls_endpoint(addr, &pki);
-    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400)).await;
+    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400), false).await;
     assert_eq!(counts.errors, 0, "{:?}", counts.first_error);
     assert!(counts.ok >= 4, "only {} handshakes", counts.ok);
     // Every counted request was a new connection with a verified client
@@ -122,6 +131,38 @@ async fn handshakes_are_full_mtls_and_counted_exactly() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.mtls_handshakes.load(Ordering::SeqCst), counts.ok);
     assert_eq!(seen.requests.load(Ordering::SeqCst), counts.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_handshakes_present_a_new_certificate_each_time() {
+    let pki = BenchPki::generate_with_fresh_clients(40).expect("pki");
+    let (addr, seen) = mtls_server(&pki).await;
+    let ep = tls_endpoint(addr, &pki);
+    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400), true).await;
+    assert_eq!(counts.errors, 0, "{:?}", counts.first_error);
+    assert!(counts.ok >= 4, "only {} handshakes", counts.ok);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every handshake carried the load generator's SPIFFE ID, and the
+    // certificates went round robin: as many distinct ones as handshakes,
+    // up to the 40 there are, and never the usual client certificate.
+    assert_eq!(seen.mtls_handshakes.load(Ordering::SeqCst), counts.ok);
+    let certs = seen.client_certs.lock().expect("lock").clone();
+    assert_eq!(certs.len() as u64, counts.ok.min(40));
+    assert!(!certs.contains(pki.client_der.as_ref()));
+
+    // Without fresh certificates the phase reports that, not a silent
+    // fallback to the usual one.
+    let plain = tls_endpoint(addr, &BenchPki::generate().expect("pki"));
+    let counts = loadgen::handshakes(&plain, 1, Duration::from_millis(50), true).await;
+    assert_eq!(counts.ok, 0);
+    assert!(
+        counts
+            .first_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no fresh client certificates")),
+        "{:?}",
+        counts.first_error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +189,7 @@ async fn a_server_from_another_ca_is_refused() {
     let (addr, seen) = mtls_server(&other).await;
     // The client trusts `pki`'s CA only; the server presents `other`'s.
     let ep = tls_endpoint(addr, &pki);
-    let counts = loadgen::handshakes(&ep, 2, Duration::from_millis(200)).await;
+    let counts = loadgen::handshakes(&ep, 2, Duration::from_millis(200), false).await;
     assert_eq!(counts.ok, 0);
     assert!(counts.errors > 0);
     assert!(
