@@ -96,6 +96,15 @@ pub(crate) enum ServeError {
     /// The initial configuration is invalid.
     #[error(transparent)]
     Config(#[from] ChangeError),
+    /// A task the gateway cannot run without (certificate rotation, the
+    /// admin API, policy file reloads, root roll-over) ended while serving.
+    #[error("{task} {why}; stopping so that the gateway is restarted")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// "panicked", "ended", ...
+        why: String,
+    },
     /// The CA could not be opened or created.
     #[error("cannot open the certificate authority")]
     Ca(#[from] meshgate_ca::CaError),
@@ -577,14 +586,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
         admin::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin_task = tokio::spawn(async move { admin_server.await });
-    let identity_task = tokio::spawn(identity_manager.run(stop_rx.clone()));
-    let reload_task = tokio::spawn(crate::reload::watch_files(
+    let mut admin_task = tokio::spawn(async move { admin_server.await });
+    let mut identity_task = tokio::spawn(identity_manager.run(stop_rx.clone()));
+    let mut reload_task = tokio::spawn(crate::reload::watch_files(
         control.clone(),
         stop_rx.clone(),
         POLL_INTERVAL,
     ));
-    let roots_task = {
+    let mut roots_task = {
         let ca = ca.clone();
         let identity = identity.clone();
         let stop = stop_rx.clone();
@@ -662,17 +671,33 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     println!("meshgate: ready");
     tracing::info!(admin = %admin_bound, "meshgate is ready");
 
-    loop {
+    // A panic ends only the task it happens in (release builds unwind, so
+    // one connection's bug cannot take every connection down). The tasks
+    // the gateway cannot run without are watched here instead: if one ends
+    // while serving, the gateway stops with an error so that its
+    // supervisor restarts it, rather than serving on without, say,
+    // certificate rotation.
+    let ended = loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: draining"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); break None; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: draining"); break None; }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading policy files");
                 // Errors are logged and kept in the status by the control
                 // plane; the previous configuration keeps serving.
                 let _ignored = control.reload_files(true).await;
             }
+            r = &mut identity_task => break Some(("certificate rotation", task_end(r))),
+            r = &mut admin_task => break Some(("the admin API", task_end(r))),
+            r = &mut reload_task => break Some(("policy file reloading", task_end(r))),
+            r = &mut roots_task => break Some(("root roll-over", task_end(r))),
         }
+    };
+    if let Some((task, why)) = ended {
+        state.ready.store(false, Ordering::Release);
+        let _ignored = stop_tx.send(true);
+        tracing::error!(task, why = %why, "a task the gateway cannot run without ended; stopping");
+        return Err(ServeError::TaskEnded { task, why });
     }
 
     // Not ready any more, so load balancers stop sending; then stop
@@ -754,4 +779,13 @@ fn raise_fd_limit(limits: &meshgate_config::settings::Limits) {
 /// Resolves when `rx` turns true (or its sender is gone).
 pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ignored = rx.wait_for(|stop| *stop).await;
+}
+
+/// How a watched task ended, for the log and the exit error.
+fn task_end<T: core::fmt::Debug>(r: Result<T, tokio::task::JoinError>) -> String {
+    match r {
+        Err(e) if e.is_panic() => "panicked".to_owned(),
+        Err(e) => format!("was cancelled ({e})"),
+        Ok(v) => format!("ended ({v:?})"),
+    }
 }

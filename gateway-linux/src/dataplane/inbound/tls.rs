@@ -155,10 +155,22 @@ impl<IO> TlsStream<IO> {
             let UnbufferedStatus { mut discard, state } = self
                 .conn
                 .process_tls_records(&mut self.incoming[..self.received]);
-            let stop = match state? {
-                ConnectionState::ReadTraffic(mut traffic) => {
+            // Every path, errors included, ends at the discard below: rustls
+            // remembers how far into `incoming` it got (a handshake message
+            // joined from several records, say), so the next call must see
+            // exactly the bytes it did not discard, or it panics.
+            let step: Result<Option<Stop>, rustls::Error> = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut read = Ok(None);
                     while let Some(record) = traffic.next_record() {
-                        let record = record?;
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => {
+                                read = Err(e);
+                                break;
+                            }
+                        };
                         discard += record.discard;
                         let mut payload = record.payload;
                         if self.plain_read == self.plaintext.len() {
@@ -174,63 +186,60 @@ impl<IO> TlsStream<IO> {
                         }
                         self.plaintext.extend_from_slice(payload);
                     }
-                    None
+                    read
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut self.outgoing, 512, |out| encode.encode(out))?;
-                    None
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, 512, |out| encode.encode(out)).map(|()| None)
                 }
-                ConnectionState::TransmitTlsData(transmit) => {
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
                     // The bytes are queued in `outgoing`, ahead of anything
                     // written later, and are written exactly once from there.
                     transmit.done();
-                    None
+                    Ok(None)
                 }
-                ConnectionState::PeerClosed => {
+                Ok(ConnectionState::PeerClosed) => {
                     self.peer_closed = true;
-                    None
+                    Ok(None)
                 }
-                ConnectionState::Closed => {
+                Ok(ConnectionState::Closed) => {
                     self.peer_closed = true;
-                    Some(Stop::Closed)
+                    Ok(Some(Stop::Closed))
                 }
-                ConnectionState::BlockedHandshake => Some(Stop::NeedData),
-                ConnectionState::WriteTraffic(mut traffic) => match send {
-                    ToSend::Nothing => Some(Stop::NeedData),
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Stop::NeedData)),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match send {
+                    ToSend::Nothing => Ok(Some(Stop::NeedData)),
                     ToSend::Data(data) => {
                         // Room for the records' headers and tags up front,
                         // so the usual case encrypts on the first try.
                         let room = data.len() + 64 * (data.len() / 16_384 + 1);
-                        encrypt_into(&mut self.outgoing, room, |out| traffic.encrypt(data, out))?;
                         send = ToSend::Nothing;
                         sent_it = true;
                         // Encrypting may queue a KeyUpdate: go round again.
-                        None
+                        encrypt_into(&mut self.outgoing, room, |out| traffic.encrypt(data, out))
+                            .map(|()| None)
                     }
                     ToSend::CloseNotify => {
-                        encrypt_into(&mut self.outgoing, 64, |out| {
-                            traffic.queue_close_notify(out)
-                        })?;
                         send = ToSend::Nothing;
                         sent_it = true;
-                        None
+                        encrypt_into(&mut self.outgoing, 64, |out| {
+                            traffic.queue_close_notify(out)
+                        })
+                        .map(|()| None)
                     }
                 },
                 // Early data is never enabled (no session resumption), so
                 // rustls never offers it; refuse rather than guess.
-                ConnectionState::ReadEarlyData(_) => {
-                    return Err(rustls::Error::General("unexpected early data".to_owned()));
+                Ok(ConnectionState::ReadEarlyData(_)) => {
+                    Err(rustls::Error::General("unexpected early data".to_owned()))
                 }
                 // `ConnectionState` is non-exhaustive: a state this code
                 // does not know cannot be handled safely.
-                _ => {
-                    return Err(rustls::Error::General(
-                        "unknown TLS connection state".to_owned(),
-                    ));
-                }
+                Ok(_) => Err(rustls::Error::General(
+                    "unknown TLS connection state".to_owned(),
+                )),
             };
             discard_front(&mut self.incoming, &mut self.received, discard);
-            if let Some(stop) = stop {
+            if let Some(stop) = step? {
                 return Ok((stop, sent_it));
             }
         }
@@ -239,23 +248,38 @@ impl<IO> TlsStream<IO> {
     /// Records a fatal error and queues the alerts rustls has for it.
     fn fail(&mut self, e: rustls::Error) {
         self.failed = Some(e);
+        // rustls has queued the alert describing the error; while it has
+        // something to send, `process_tls_records` hands that out before it
+        // would look at incoming bytes again. Once the queue is empty it
+        // must not be called: it would deframe the unconsumed bytes anew
+        // (a second fatal alert for a bad record, or, given any other
+        // buffer than the one its handshake deframer points into, a
+        // panic — which the release build turns into an abort).
+        for _ in 0..8 {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let UnbufferedStatus { discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.received]);
+            let encoded = match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, 512, |out| encode.encode(out)).is_ok()
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    true
+                }
+                _ => false,
+            };
+            discard_front(&mut self.incoming, &mut self.received, discard);
+            if !encoded {
+                break;
+            }
+        }
         // Nothing the peer sends is processed any more.
         self.incoming = Vec::new();
         self.received = 0;
-        // rustls queues the alert describing the error; the connection
-        // then yields it for encoding until it reports the error again.
-        for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if encode_into(&mut self.outgoing, 512, |out| encode.encode(out)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
-        }
     }
 
     /// Frees the buffers that are empty.
@@ -792,5 +816,73 @@ mod tests {
         let mut alert = [0u8; 7];
         b.read_exact(&mut alert).await.expect("alert");
         assert_eq!(alert[0], 0x15, "an alert record");
+    }
+
+    /// A client without a certificate at a server that requires one: the
+    /// error comes while the client's second flight (Certificate, then
+    /// Finished) is still partly unconsumed in `incoming`. Reporting it must
+    /// not hand rustls a buffer other than the one its deframer points
+    /// into (that panicked, and the release build aborts on panics: one
+    /// such client stopped the gateway). Found by the http_head fuzz target.
+    #[tokio::test]
+    async fn a_missing_client_certificate_fails_cleanly_with_an_alert() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let der: CertificateDer<'static> = cert.der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots.clone()),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let server_cfg = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![der],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        for _ in 0..20 {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let name = ServerName::try_from("localhost").expect("name");
+            let client = async {
+                let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg.clone()))
+                    .connect(name, b)
+                    .await?;
+                // TLS 1.3: the client learns of the refusal on its first read.
+                let mut one = [0u8; 1];
+                tls.read(&mut one).await
+            };
+            let server = TlsStream::accept(a, Arc::new(server_cfg.clone()), &[]);
+            let (client, server) = tokio::join!(client, server);
+            let Err((e, _io)) = server else {
+                panic!("the handshake must fail without a client certificate")
+            };
+            assert!(
+                matches!(
+                    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+                    Some(rustls::Error::NoCertificatesPresented)
+                ),
+                "{e:?}"
+            );
+            let client_err = client.expect_err("the client is refused");
+            assert!(
+                client_err.to_string().contains("CertificateRequired"),
+                "the client hears why: {client_err}"
+            );
+        }
     }
 }
