@@ -551,54 +551,57 @@ fn discard_front(buf: &mut [u8], len: &mut usize, n: usize) {
 /// asks for.
 fn encode_into(
     out: &mut Vec<u8>,
-    mut room: usize,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    room: usize,
+    encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> Result<(), rustls::Error> {
-    let start = out.len();
-    loop {
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(format!("encoding TLS data: {e}")));
-            }
+    append_with(out, room, "encoding", encode, |e| match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
-    }
+        _ => None,
+    })
 }
 
 /// Appends what `encrypt` writes to `out`, growing it to the size rustls
 /// asks for.
 fn encrypt_into(
     out: &mut Vec<u8>,
+    room: usize,
+    encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), rustls::Error> {
+    append_with(out, room, "encrypting", encrypt, |e| match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    })
+}
+
+/// Runs `write` on `room` bytes appended to `out`, growing the room to what
+/// `required` reads from an "insufficient size" error and retrying; keeps
+/// exactly the bytes written, and nothing on failure.
+fn append_with<E: core::fmt::Display>(
+    out: &mut Vec<u8>,
     mut room: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    what: &str,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    required: impl Fn(&E) -> Option<usize>,
 ) -> Result<(), rustls::Error> {
     let start = out.len();
     loop {
         out.resize(start + room, 0);
-        match encrypt(&mut out[start..]) {
+        match write(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(format!("encrypting TLS data: {e}")));
-            }
+            Err(e) => match required(&e) {
+                Some(size) if size > room => room = size,
+                _ => {
+                    out.truncate(start);
+                    return Err(rustls::Error::General(format!("{what} TLS data: {e}")));
+                }
+            },
         }
     }
 }
