@@ -62,7 +62,7 @@ pub(crate) async fn handle(
     stream: TcpStream,
     source: SocketAddr,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (see `listen`).
     let activity = idle::Activity::new();
     let stream = idle::Tracked::new(stream, activity.clone());
     let timeout = match listener.protocol {

@@ -65,6 +65,27 @@ pub(crate) use snapshot::{Snapshot, SnapshotError};
 /// `net.core.somaxconn`, 4096 by default).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// A listening socket for a data-plane listener at `addr`.
+///
+/// As `TcpListener::bind` makes it (a restarted gateway can rebind while
+/// old connections linger in TIME_WAIT), but with a deep accept queue:
+/// `bind`'s 128 overflows in a burst of connections, and the kernel then
+/// drops SYNs, so legitimate clients wait 1 s, 3 s, 7 s for their
+/// retransmissions. `TCP_NODELAY` is set here once: Linux copies it to
+/// every accepted socket, which saves a `setsockopt` per connection (the
+/// proxies write whole TLS records and response heads, never dribbles).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Idle upstream HTTP/1.1 connections kept per endpoint (nginx's bench
 /// configuration uses `keepalive 256` too).
 const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
@@ -307,31 +328,16 @@ impl DataPlane {
         addr: SocketAddr,
         spec: ListenerSpec,
     ) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // As `TcpListener::bind` does (a restarted gateway can rebind while
-        // old connections linger in TIME_WAIT), but with a deep accept
-        // queue: `bind`'s 128 overflows in a burst of connections, and the
-        // kernel then drops SYNs, so legitimate clients wait 1 s, 3 s, 7 s
-        // for their retransmissions.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        let listener = socket.listen(LISTEN_BACKLOG)?;
+        let listener = listen(addr)?;
         let local = listener.local_addr()?;
         Ok((local, self.spawn_listener(listener, spec)))
     }
 
-    /// Serves an already bound listener until [`Self::drain`]. A connection
-    /// permit is taken *before* accepting, so at the limit new clients wait
-    /// in the kernel's backlog rather than being accepted and starved.
-    pub(crate) fn spawn_listener(
-        &self,
-        listener: TcpListener,
-        spec: ListenerSpec,
-    ) -> JoinHandle<()> {
+    /// Serves a listener made by [`listen`] until [`Self::drain`]. A
+    /// connection permit is taken *before* accepting, so at the limit new
+    /// clients wait in the kernel's backlog rather than being accepted and
+    /// starved.
+    fn spawn_listener(&self, listener: TcpListener, spec: ListenerSpec) -> JoinHandle<()> {
         let shared = self.shared.clone();
         let spec = Arc::new(spec);
         tokio::spawn(async move {
@@ -481,6 +487,23 @@ pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod limit_tests {
     use super::*;
+
+    /// Accepted connections inherit TCP_NODELAY from the listening socket
+    /// (the gateway no longer sets it per connection), on IPv4 and IPv6.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = listen(addr.parse().expect("addr")) else {
+                assert!(addr.starts_with('['), "IPv4 loopback must bind");
+                continue; // no IPv6 on this host
+            };
+            let to = listener.local_addr().expect("local addr");
+            let client = tokio::net::TcpStream::connect(to).await.expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert!(accepted.nodelay().expect("nodelay"), "{addr}");
+            drop(client);
+        }
+    }
 
     #[test]
     fn per_source_cap_counts_ipv4_and_ipv6_prefixes_and_forgets_idle_sources() {
