@@ -677,8 +677,7 @@ pub fn markdown(plan: &Plan, machine: &Machine, results: &[TargetRound]) -> Stri
     let _ = writeln!(
         s,
         "- **One worker each.** nginx `worker_processes 1` (master + worker summed), HAProxy \
-         `nbthread 1`, meshgate `TOKIO_WORKER_THREADS=1` (meshgate has no worker-thread setting; \
-         tokio's runtime reads the variable). The upstream is `meshgate-bench upstream` (hyper, \
+         `nbthread 1`, meshgate `serve --workers 1` (one single-threaded event loop). The upstream is `meshgate-bench upstream` (hyper, \
          one thread), in its own process."
     );
     let _ = writeln!(

@@ -32,7 +32,7 @@ pub enum Kind {
     Nginx,
     /// HAProxy (Debian package), one thread.
     Haproxy,
-    /// `meshgate serve`, one tokio worker thread.
+    /// `meshgate serve --workers 1`: one single-threaded event loop.
     Meshgate,
 }
 
@@ -451,7 +451,7 @@ spec:
 
 /// Starts `meshgate serve` with the bench CA plugged in as `cacerts` (so
 /// its serving certificate chains to the bench CA and it trusts the
-/// client certificate), one tokio worker thread, the access log off (as
+/// client certificate), one worker (`--workers 1`), the access log off (as
 /// for nginx and HAProxy; `MESHGATE_ACCESS_LOG=off` keeps only the admin
 /// API's in-memory recent list), warnings only on stderr.
 pub fn start_meshgate(env: &Env) -> Result<Server, TargetError> {
@@ -475,9 +475,10 @@ pub fn start_meshgate(env: &Env) -> Result<Server, TargetError> {
         .arg(&data)
         .arg("--cacerts")
         .arg(&env.pki.cacerts_dir)
-        // meshgate has no worker-thread setting; tokio's multi-thread
-        // runtime reads this variable when none is set in code.
-        .env("TOKIO_WORKER_THREADS", "1")
+        // One worker, as nginx and HAProxy get: meshgate then runs its
+        // single-threaded event loop.
+        .arg("--workers")
+        .arg("1")
         .env("MESHGATE_ACCESS_LOG", "off")
         .env("RUST_LOG", "warn");
     spawn_listening(

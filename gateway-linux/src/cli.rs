@@ -220,6 +220,15 @@ pub(crate) struct ServeArgs {
     /// exits anyway, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub(crate) drain_timeout: u64,
+
+    /// Threads that run the gateway (data plane, admin API, rotation). With
+    /// 1 the gateway is a single-threaded event loop, like one nginx worker:
+    /// the cheapest per request and per handshake, and the right choice
+    /// for a pod limited to one CPU. With more, tokio's work-stealing
+    /// scheduler spreads connections over them. Default: the CPUs this
+    /// process may use (affinity and cgroup CPU quota included).
+    #[arg(long, env = "MESHGATE_WORKERS", value_name = "N")]
+    pub(crate) workers: Option<core::num::NonZeroUsize>,
 }
 
 /// `--listen NAME=ADDR`.

@@ -30,10 +30,11 @@ use clap::Parser as _;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match &cli.command {
+        cli::Command::Serve(args) => args.workers,
+        _ => None,
+    };
+    let runtime = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshgate: cannot start the async runtime: {e}");
@@ -54,6 +55,28 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime: a single-threaded one for one worker (no
+/// work-stealing, no cross-thread wake-ups: measurably less CPU per
+/// request and per handshake, see bench/README.md), tokio's multi-thread
+/// scheduler for more. `workers` defaults to the CPUs this process may
+/// use, which `available_parallelism` reads from the affinity mask and
+/// the cgroup CPU quota.
+fn runtime(workers: Option<core::num::NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(0, core::num::NonZeroUsize::get);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
+    builder.enable_all().build()
 }
 
 /// Logs go to stderr (stdout carries the command's own output, e.g. the

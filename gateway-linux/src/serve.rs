@@ -669,7 +669,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     state.ready.store(true, Ordering::Release);
     println!("meshgate: ready");
-    tracing::info!(admin = %admin_bound, "meshgate is ready");
+    tracing::info!(
+        admin = %admin_bound,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "meshgate is ready"
+    );
 
     // A panic ends only the task it happens in (release builds unwind, so
     // one connection's bug cannot take every connection down). The tasks

@@ -637,6 +637,7 @@ impl ControlPlane {
             identity: identity.as_ref().map(|(id, _)| id.clone()),
             identity_expires: identity.map(|(_, t)| rfc3339(t)),
             last_error: lock(&self.last_error).clone(),
+            workers: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers()),
         }
     }
 

@@ -3,8 +3,8 @@
 //! issue`, policy changes with `meshgate apply -f`.
 
 use meshgate_e2e::{
-    DETAILS_HOST, DETAILS_VIEWER_YAML, Gateway, PRODUCTPAGE_ID, SLEEP_ID, STRICT_YAML, curl,
-    foreign_cert, python,
+    DETAILS_HOST, DETAILS_VIEWER_YAML, Gateway, GatewayOptions, PRODUCTPAGE_ID, SLEEP_ID,
+    STRICT_YAML, curl, foreign_cert, python,
 };
 
 /// urllib GET with a Host header; prints the status and body, or the
@@ -54,7 +54,22 @@ fn plain_url(gw: &Gateway) -> String {
 
 #[test]
 fn permissive_then_strict_with_curl_and_urllib() {
-    let gw = Gateway::start();
+    permissive_then_strict(&Gateway::start());
+}
+
+/// The same on `serve --workers 1`, the single-threaded event loop (a
+/// different tokio runtime from the default multi-thread one).
+#[test]
+fn permissive_then_strict_on_a_single_threaded_gateway() {
+    let gw = Gateway::start_with(GatewayOptions {
+        env: vec![("MESHGATE_WORKERS".to_owned(), "1".to_owned())],
+        ..GatewayOptions::default()
+    });
+    assert_eq!(gw.api_get("/api/v1/status")["workers"], 1);
+    permissive_then_strict(&gw);
+}
+
+fn permissive_then_strict(gw: &Gateway) {
     let pp = gw.issue_cert(PRODUCTPAGE_ID, &gw.dir.path().join("pp"), None);
     let (url, resolve) = gw.curl_target(DETAILS_HOST, "/details/0");
     let port = gw.http.port().to_string();
@@ -70,13 +85,13 @@ fn permissive_then_strict_with_curl_and_urllib() {
 
     // PERMISSIVE (no policy): plaintext and mTLS both reach the upstream.
     let host_hdr = format!("Host: {DETAILS_HOST}");
-    let (code, out, err) = curl(&["-H", &host_hdr, "-w", "\n%{http_code}", &plain_url(&gw)]);
+    let (code, out, err) = curl(&["-H", &host_hdr, "-w", "\n%{http_code}", &plain_url(gw)]);
     assert_eq!(
         (code, norm(&out).as_str()),
         (0, "upstream:details\n200"),
         "{err}"
     );
-    let (_, out, _) = python(URLLIB_PLAIN, &[&plain_url(&gw), DETAILS_HOST]);
+    let (_, out, _) = python(URLLIB_PLAIN, &[&plain_url(gw), DETAILS_HOST]);
     assert_eq!(out.trim(), "200 upstream:details", "urllib plaintext");
     let (code, out, err) = mtls_curl(&with_cert);
     assert_eq!(
@@ -96,10 +111,10 @@ fn permissive_then_strict_with_curl_and_urllib() {
     );
 
     // Plaintext: no HTTP response at all.
-    let (code, out, _) = curl(&["-H", &host_hdr, "-w", "%{http_code}", &plain_url(&gw)]);
+    let (code, out, _) = curl(&["-H", &host_hdr, "-w", "%{http_code}", &plain_url(gw)]);
     assert_ne!(code, 0, "plaintext under STRICT must fail");
     assert_eq!(out, "000", "no HTTP status under STRICT");
-    let (_, out, _) = python(URLLIB_PLAIN, &[&plain_url(&gw), DETAILS_HOST]);
+    let (_, out, _) = python(URLLIB_PLAIN, &[&plain_url(gw), DETAILS_HOST]);
     assert!(out.starts_with("ERROR"), "urllib got a response: {out}");
 
     // TLS without a client certificate: alert 116, named by curl.
@@ -244,6 +259,9 @@ fn status_lists_listeners_and_sigterm_exits_cleanly() {
     let listeners = status["listeners"].as_array().expect("listeners");
     assert_eq!(listeners.len(), 1, "{status}");
     assert_eq!(listeners[0][0], "http");
+    // Without --workers: one per CPU this process may use.
+    let cpus = std::thread::available_parallelism().expect("cpus").get();
+    assert_eq!(status["workers"], cpus, "{status}");
     assert_eq!(
         listeners[0][1].as_str().expect("addr"),
         format!("{} (http)", gw.http)

@@ -240,6 +240,9 @@ pub(crate) struct Status {
     /// The last rejected change, if the most recent change failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) last_error: Option<String>,
+    /// Threads running the gateway (`serve --workers`); 1 is the
+    /// single-threaded event loop.
+    pub(crate) workers: usize,
 }
 
 /// Body of `POST /api/v1/certificates`: sign a CSR for an identity.

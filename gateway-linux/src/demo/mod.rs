@@ -211,6 +211,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), DemoError> {
         kubernetes: false,
         drain_timeout: DRAIN_SECS,
         edge_addr: Some(args.edge_addr),
+        // The runtime is already built (the demo's default one); this
+        // field only chooses it for `meshgate serve`.
+        workers: None,
     });
     tokio::pin!(serve);
     let setup = setup(&dir, &topology, &productpage);

@@ -90,7 +90,7 @@ pub(crate) fn document() -> Value {
                            "responses": {"204": {"description": "logged out"}, "401": {"description": "not logged in"}, "403": {"description": "no CSRF token"}}}
             },
             "/api/v1/openapi.json": {"get": op("this document", vec![], None, json_response("OpenAPI 3.1"))},
-            "/api/v1/status": {"get": op("generation, listeners, gateway identity, last rejected change", vec![], None, json_response("status"))},
+            "/api/v1/status": {"get": op("generation, listeners, gateway identity, last rejected change, worker threads", vec![], None, json_response("status"))},
             "/api/v1/policies": {
                 "get": op("list policies", vec![query("kind", "filter by kind"), query("namespace", "filter by namespace"), query("format", "`yaml` for one multi-document YAML stream")], None, json_response("items and generation")),
                 "post": op("apply Istio YAML (all-or-nothing); 422 with file/document/line/field details when invalid", vec![query("source", "name used in error locations")], Some(("application/yaml", "one or more PeerAuthentication / AuthorizationPolicy documents")), json_response("changes and generation"))
