@@ -243,8 +243,9 @@ fn split_at(text: &str, cuts: &[usize], pause: f64) -> Vec<(String, f64)> {
 }
 
 /// Pause after a complete request: long enough for the response to be
-/// flushed and the idle connection to park before the next head starts.
-const PARK: f64 = 0.3;
+/// flushed and the idle connection to park (250 ms after the flush)
+/// before the next head starts.
+const PARK: f64 = 0.5;
 
 #[test]
 fn heads_sent_one_byte_at_a_time_are_served() {

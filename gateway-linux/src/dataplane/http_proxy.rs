@@ -292,6 +292,7 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         .max_buf_size(ctx.shared.options.max_request_head_bytes)
         .max_headers(MAX_HEADERS);
     let park = Arc::new(ParkState::default());
+    let grace_period = park_grace(ctx.shared.options.head_timeout);
     let mut shutdown = ctx.shared.shutdown.subscribe();
     // Outlives the parser attachments: what requests compute once per
     // connection is kept across them.
@@ -321,6 +322,7 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         let transport = ParkingIo {
             inner: Prefixed::new(pending, io),
             park: park.clone(),
+            grace_period,
             grace: None,
         };
         let svc_conn = conn_state.clone();
@@ -444,34 +446,46 @@ impl Drop for InFlight {
 /// treats as the client closing an idle keep-alive connection. A read that
 /// finds bytes passes them on, so pipelined requests are served as usual.
 ///
-/// The end of input is reported only [`PARK_GRACE`] after the connection
+/// The end of input is reported only [`park_grace`] after the connection
 /// became clean, so a client sending its requests back to back keeps its
 /// parser.
 struct ParkingIo<IO> {
     inner: Prefixed<IO>,
     park: Arc<ParkState>,
+    /// See [`park_grace`].
+    grace_period: Duration,
     /// Ends the grace period of the current clean spell; made on first
     /// use and re-armed (not re-allocated) for every later one.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How long a connection whose responses have all been flushed keeps its
-/// parser before it parks. A keep-alive client's next request usually
-/// comes within one round trip; detaching and re-attaching hyper for each
-/// such request (a new parser with fresh buffers, a new head timer, an
-/// extra task wake-up) cost more CPU per request than the gateway's own
-/// routing and policy work. Long enough for a loaded gateway's turnaround
-/// at high concurrency (64 connections at ~30 µs per request are ~2 ms
-/// apart), short next to any idle period that matters for memory (a flood
-/// of one-request connections holds at most this much time's worth of
-/// parsers more) and to the head timeout that hyper runs while attached.
-const PARK_GRACE: Duration = Duration::from_millis(20);
+/// parser before it parks. Detaching and re-attaching hyper (a new parser
+/// with fresh buffers, a new head timer, the wake-up that parks) costs
+/// more CPU than the gateway's own routing and policy work: with a 20 ms
+/// grace, a client sending a request every 32 ms (1,000 req/s over 32
+/// connections) cost about a quarter more CPU per request than with the
+/// parser kept (bench/README.md). 250 ms covers the request spacing of
+/// pooled clients at moderate rates and of 100 ms pollers, and stays short
+/// next to any idle period that matters for memory (a flood of
+/// one-request connections holds at most 250 ms' worth of parsers more)
+/// and to the head timeout that hyper runs while attached.
+const PARK_GRACE: Duration = Duration::from_millis(250);
+
+/// The grace period under a head timeout of `head_timeout`: hyper's head
+/// timer runs while an idle connection keeps its parser, so the connection
+/// must park well before it fires (the timeout is for a head that has
+/// started, not for a keep-alive client's pause; `limits.headTimeout` may
+/// be as short as 100 ms).
+fn park_grace(head_timeout: Duration) -> Duration {
+    PARK_GRACE.min(head_timeout / 2)
+}
 
 impl<IO> ParkingIo<IO> {
     /// Starts the grace period and registers the task to be woken at its
     /// end, when hyper's next read parks the connection.
     fn start_grace(&mut self, cx: &mut Context<'_>) {
-        let deadline = tokio::time::Instant::now() + PARK_GRACE;
+        let deadline = tokio::time::Instant::now() + self.grace_period;
         let grace = match self.grace.as_mut() {
             Some(g) => {
                 g.as_mut().reset(deadline);
@@ -1342,6 +1356,7 @@ mod tests {
         let mut io = ParkingIo {
             inner: Prefixed::new(Bytes::from_static(b"GET"), near),
             park: park.clone(),
+            grace_period: PARK_GRACE,
             grace: None,
         };
         let mut buf = [0u8; 16];

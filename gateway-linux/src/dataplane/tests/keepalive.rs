@@ -126,8 +126,10 @@ fn get(close: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_outlives_head_timeout_and_reuses_the_upstream() {
     let (up, counts) = counting_upstream(None).await;
+    // Shorter than the parking grace period: the connection must park
+    // before hyper's head timer (which runs while it is attached) fires.
     let options = Options {
-        head_timeout: Duration::from_millis(300),
+        head_timeout: Duration::from_millis(200),
         idle_timeout: Duration::from_secs(5),
         ..Options::default()
     };
@@ -188,7 +190,7 @@ async fn request_behind_handshake_and_pipelined_requests_are_served() {
     let mut buf = vec![0u8; 4096];
     let n = tls.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
     let pair = format!("{}{}", get(false), get(true));
     tls.write_all(pair.as_bytes()).await.expect("write");
     let mut out = Vec::new();
