@@ -238,6 +238,10 @@ where
 pub(crate) trait Parkable: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// Ready once bytes (or EOF, or an error) can be read.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether the transport keeps its empty buffers (set while a parser
+    /// is attached) or frees them (cleared when the connection parks).
+    fn hold_buffers(&mut self, _hold: bool) {}
 }
 
 impl Parkable for Box<super::inbound::tls::TlsStream<Tracked<TcpStream>>> {
@@ -249,6 +253,10 @@ impl Parkable for Box<super::inbound::tls::TlsStream<Tracked<TcpStream>>> {
             return Poll::Ready(Ok(()));
         }
         self.get_ref().get_ref().poll_read_ready(cx)
+    }
+
+    fn hold_buffers(&mut self, hold: bool) {
+        super::inbound::tls::TlsStream::hold_buffers(self, hold);
     }
 }
 
@@ -319,6 +327,7 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         }
         attached_before = true;
         park.start_connection();
+        io.hold_buffers(true);
         let transport = ParkingIo {
             inner: Prefixed::new(pending, io),
             park: park.clone(),
@@ -367,6 +376,7 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         let parts = Pin::into_inner(conn).into_parts();
         let (rest, inner) = parts.io.into_inner().inner.into_parts();
         io = inner;
+        io.hold_buffers(false);
         if !park.parked() || draining {
             // The client closed (or asked to close) or the gateway is
             // draining: hyper has written its last response.

@@ -14,7 +14,10 @@
 //!
 //! Each is released as soon as it is empty, so an idle connection holds
 //! only rustls' protocol state (keys, the peer's certificates) and the
-//! socket. The protocol itself stays rustls': record protection, alerts,
+//! socket. An HTTP/1 connection that keeps its parser between requests
+//! keeps its buffers too ([`TlsStream::hold_buffers`]) and releases them
+//! when it parks: allocating, zero-filling and freeing them for every
+//! request cost about as much CPU as the record protection itself. The protocol itself stays rustls': record protection, alerts,
 //! close_notify, KeyUpdate and the handshake all happen inside
 //! `process_tls_records`; this module only moves bytes.
 //!
@@ -69,6 +72,9 @@ pub(crate) struct TlsStream<IO> {
     close_queued: bool,
     /// A fatal protocol error; every later operation fails with it.
     failed: Option<rustls::Error>,
+    /// Empty buffers are kept for reuse instead of freed (see
+    /// [`TlsStream::hold_buffers`]).
+    hold: bool,
 }
 
 /// Why [`TlsStream::process`] stopped.
@@ -106,6 +112,17 @@ impl<IO> TlsStream<IO> {
     /// The transport.
     pub(crate) fn get_ref(&self) -> &IO {
         &self.io
+    }
+
+    /// While `hold` is set, buffers that become empty are kept for the
+    /// next read or write; clearing it frees the empty ones at once (and
+    /// from then on as soon as they empty). For a connection that is busy
+    /// now and may go idle later: the caller clears it when it goes idle.
+    pub(crate) fn hold_buffers(&mut self, hold: bool) {
+        self.hold = hold;
+        if !hold {
+            self.release_idle_buffers();
+        }
     }
 
     /// Whether a read may complete without new bytes from the socket:
@@ -325,6 +342,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             eof: false,
             close_queued: false,
             failed: None,
+            hold: false,
         };
         match core::future::poll_fn(|cx| tls.poll_handshake(cx)).await {
             Ok(()) => {
@@ -392,7 +410,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             Poll::Pending => {
                 // The connection is idle (or waiting mid-record): release
                 // what is empty before the task sleeps.
-                self.release_idle_buffers();
+                if !self.hold {
+                    self.release_idle_buffers();
+                }
                 Poll::Pending
             }
         }
@@ -407,7 +427,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             }
             self.sent += n;
         }
-        self.outgoing = Vec::new();
+        if self.hold {
+            self.outgoing.clear();
+        } else {
+            self.outgoing = Vec::new();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -434,7 +458,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 buf.put_slice(&this.plaintext[this.plain_read..this.plain_read + n]);
                 this.plain_read += n;
                 if this.plain_read == this.plaintext.len() {
-                    this.plaintext = Vec::new();
+                    if this.hold {
+                        this.plaintext.clear();
+                    } else {
+                        this.plaintext = Vec::new();
+                    }
                     this.plain_read = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -666,6 +694,30 @@ mod tests {
         .await
     }
 
+    /// One request from `client` and its response from `server`; then the
+    /// server's next read must wait.
+    async fn request_response(
+        server: &mut TlsStream<DuplexStream>,
+        client: &mut tokio_rustls::client::TlsStream<DuplexStream>,
+        round: usize,
+    ) {
+        let request = format!("request {round}");
+        client
+            .write_all(request.as_bytes())
+            .await
+            .expect("client write");
+        client.flush().await.expect("client flush");
+        let mut got = vec![0u8; request.len()];
+        server.read_exact(&mut got).await.expect("server read");
+        assert_eq!(got, request.as_bytes());
+        server.write_all(b"response").await.expect("server write");
+        server.flush().await.expect("server flush");
+        let mut resp = [0u8; 8];
+        client.read_exact(&mut resp).await.expect("client read");
+        assert_eq!(&resp, b"response");
+        assert!(read_is_pending(server).await, "idle read must wait");
+    }
+
     #[tokio::test]
     async fn exchanges_data_and_holds_no_buffer_while_idle() {
         let (mut server, mut client) = pair().await;
@@ -675,21 +727,7 @@ mod tests {
             "buffers kept after the handshake"
         );
         for round in 0..3 {
-            let request = format!("request {round}");
-            client
-                .write_all(request.as_bytes())
-                .await
-                .expect("client write");
-            client.flush().await.expect("client flush");
-            let mut got = vec![0u8; request.len()];
-            server.read_exact(&mut got).await.expect("server read");
-            assert_eq!(got, request.as_bytes());
-            server.write_all(b"response").await.expect("server write");
-            server.flush().await.expect("server flush");
-            let mut resp = [0u8; 8];
-            client.read_exact(&mut resp).await.expect("client read");
-            assert_eq!(&resp, b"response");
-            assert!(read_is_pending(&mut server).await, "idle read must wait");
+            request_response(&mut server, &mut client, round).await;
             assert_eq!(
                 server.buffered_capacity(),
                 0,
@@ -697,6 +735,29 @@ mod tests {
             );
             assert!(!server.read_would_not_block());
         }
+    }
+
+    /// A busy connection keeps its buffers between exchanges (no
+    /// allocation per request) and frees them when told it is idle.
+    #[tokio::test]
+    async fn held_buffers_are_reused_until_released() {
+        let (mut server, mut client) = pair().await;
+        server.hold_buffers(true);
+        let mut held = None;
+        for round in 0..3 {
+            request_response(&mut server, &mut client, round).await;
+            let now = server.buffered_capacity();
+            assert!(now > 0, "held buffers were freed (round {round})");
+            assert_eq!(*held.get_or_insert(now), now, "buffers reallocated");
+        }
+        server.hold_buffers(false);
+        assert_eq!(server.buffered_capacity(), 0, "released on request");
+        // And the stream still works after the release.
+        client.write_all(b"again").await.expect("write");
+        client.flush().await.expect("client flush");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.expect("server read");
+        assert_eq!(&got, b"again");
     }
 
     #[tokio::test]
