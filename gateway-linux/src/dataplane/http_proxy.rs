@@ -299,8 +299,8 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         .header_read_timeout(ctx.shared.options.head_timeout)
         .max_buf_size(ctx.shared.options.max_request_head_bytes)
         .max_headers(MAX_HEADERS);
-    let park = Arc::new(ParkState::default());
-    let grace_period = park_grace(ctx.shared.options.head_timeout);
+    let park = Arc::new(ParkState::new());
+    let max_grace = max_park_grace(ctx.shared.options.head_timeout);
     let mut shutdown = ctx.shared.shutdown.subscribe();
     // Outlives the parser attachments: what requests compute once per
     // connection is kept across them.
@@ -331,7 +331,7 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
         let transport = ParkingIo {
             inner: Prefixed::new(pending, io),
             park: park.clone(),
-            grace_period,
+            max_grace,
             grace: None,
         };
         let svc_conn = conn_state.clone();
@@ -400,8 +400,16 @@ pub(crate) async fn serve_http1<IO: Parkable>(io: IO, ctx: Arc<ConnContext>) {
 }
 
 /// What [`ParkingIo`] knows about the HTTP exchange on top of it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ParkState {
+    /// Times below are microseconds since this instant.
+    epoch: tokio::time::Instant,
+    /// When the connection last became clean ([`NEVER`] while a request
+    /// is on the way); kept across parser attachments.
+    idle_since_us: AtomicU64,
+    /// How long the client paused before its latest request ([`NEVER`]
+    /// until it has sent a second one); kept across parser attachments.
+    last_pause_us: AtomicU64,
     /// Requests whose response has not been completely produced.
     in_flight: AtomicUsize,
     /// A flush completed with no request in flight and nothing written
@@ -416,7 +424,49 @@ struct ParkState {
     parked: AtomicBool,
 }
 
+/// No time recorded, in [`ParkState`]'s microsecond fields.
+const NEVER: u64 = u64::MAX;
+
 impl ParkState {
+    fn new() -> Self {
+        ParkState {
+            epoch: tokio::time::Instant::now(),
+            idle_since_us: AtomicU64::new(NEVER),
+            last_pause_us: AtomicU64::new(NEVER),
+            in_flight: AtomicUsize::new(0),
+            clean: AtomicBool::new(false),
+            head_pending: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(NEVER - 1)
+    }
+
+    /// The connection became clean: its client's pause starts.
+    fn idle_from_now(&self) {
+        self.idle_since_us.store(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// The first bytes of a new request arrived: the pause is over.
+    fn pause_ended(&self) {
+        let since = self.idle_since_us.swap(NEVER, Ordering::Relaxed);
+        if since != NEVER {
+            let pause = self.now_us().saturating_sub(since);
+            self.last_pause_us.store(pause, Ordering::Relaxed);
+        }
+    }
+
+    /// The client's latest pause between requests, if it made one.
+    fn last_pause(&self) -> Option<Duration> {
+        match self.last_pause_us.load(Ordering::Relaxed) {
+            NEVER => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Resets what one parser attachment tracks (the pause history stays).
     fn start_connection(&self) {
         self.in_flight.store(0, Ordering::Relaxed);
         self.clean.store(false, Ordering::Relaxed);
@@ -456,46 +506,65 @@ impl Drop for InFlight {
 /// treats as the client closing an idle keep-alive connection. A read that
 /// finds bytes passes them on, so pipelined requests are served as usual.
 ///
-/// The end of input is reported only [`park_grace`] after the connection
+/// The end of input is reported only a grace period ([`park_grace`]) after the connection
 /// became clean, so a client sending its requests back to back keeps its
 /// parser.
 struct ParkingIo<IO> {
     inner: Prefixed<IO>,
     park: Arc<ParkState>,
-    /// See [`park_grace`].
-    grace_period: Duration,
+    /// See [`max_park_grace`].
+    max_grace: Duration,
     /// Ends the grace period of the current clean spell; made on first
     /// use and re-armed (not re-allocated) for every later one.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// How long a connection whose responses have all been flushed keeps its
-/// parser before it parks. Detaching and re-attaching hyper (a new parser
-/// with fresh buffers, a new head timer, the wake-up that parks) costs
-/// more CPU than the gateway's own routing and policy work: with a 20 ms
-/// grace, a client sending a request every 32 ms (1,000 req/s over 32
-/// connections) cost about a quarter more CPU per request than with the
-/// parser kept (bench/README.md). 250 ms covers the request spacing of
-/// pooled clients at moderate rates and of 100 ms pollers, and stays short
-/// next to any idle period that matters for memory (a flood of
-/// one-request connections holds at most 250 ms' worth of parsers more)
-/// and to the head timeout that hyper runs while attached.
-const PARK_GRACE: Duration = Duration::from_millis(250);
+/// The shortest time a connection whose responses have all been flushed
+/// keeps its parser before it parks: what a client that has sent only one
+/// request gets, and one that sends back to back.
+const MIN_PARK_GRACE: Duration = Duration::from_millis(20);
 
-/// The grace period under a head timeout of `head_timeout`: hyper's head
+/// The longest such time (before the head-timeout cap of
+/// [`max_park_grace`]).
+///
+/// Detaching and re-attaching hyper (a new parser with fresh buffers, a
+/// new head timer, the wake-up that parks) costs more CPU than the
+/// gateway's own routing and policy work: with a fixed 20 ms grace, a
+/// client sending a request every 32 ms (1,000 req/s over 32 connections)
+/// cost about a quarter more CPU per request than with the parser kept.
+/// A fixed long grace, though, keeps every new connection's parser and
+/// TLS buffers that long, and a burst of one-request connections then
+/// raised the gateway's resident memory for good (1,000 connections
+/// opened at once: 22.8 instead of 6.7 KiB each). So the grace follows
+/// the client: twice its latest pause between requests, between
+/// [`MIN_PARK_GRACE`] and this.
+const MAX_PARK_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest grace under a head timeout of `head_timeout`: hyper's head
 /// timer runs while an idle connection keeps its parser, so the connection
 /// must park well before it fires (the timeout is for a head that has
 /// started, not for a keep-alive client's pause; `limits.headTimeout` may
 /// be as short as 100 ms).
-fn park_grace(head_timeout: Duration) -> Duration {
-    PARK_GRACE.min(head_timeout / 2)
+fn max_park_grace(head_timeout: Duration) -> Duration {
+    MAX_PARK_GRACE.min(head_timeout / 2)
+}
+
+/// The grace for a client whose latest pause between requests was
+/// `last_pause` (`None`: it has sent one request so far).
+fn park_grace(last_pause: Option<Duration>, max: Duration) -> Duration {
+    last_pause
+        .map_or(MIN_PARK_GRACE, |p| p.saturating_mul(2))
+        .min(max)
+        .max(MIN_PARK_GRACE.min(max))
 }
 
 impl<IO> ParkingIo<IO> {
     /// Starts the grace period and registers the task to be woken at its
     /// end, when hyper's next read parks the connection.
     fn start_grace(&mut self, cx: &mut Context<'_>) {
-        let deadline = tokio::time::Instant::now() + self.grace_period;
+        self.park.idle_from_now();
+        let grace = park_grace(self.park.last_pause(), self.max_grace);
+        let deadline = tokio::time::Instant::now() + grace;
         let grace = match self.grace.as_mut() {
             Some(g) => {
                 g.as_mut().reset(deadline);
@@ -532,8 +601,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ParkingIo<IO> {
             // head is still on the way (a head split across segments must
             // not be cut as a clean end of input).
             self.park.clean.store(false, Ordering::Relaxed);
-            if self.park.in_flight.load(Ordering::Relaxed) == 0 {
-                self.park.head_pending.store(true, Ordering::Relaxed);
+            if self.park.in_flight.load(Ordering::Relaxed) == 0
+                && !self.park.head_pending.swap(true, Ordering::Relaxed)
+            {
+                self.park.pause_ended();
             }
         }
         if polled.is_pending()
@@ -1358,15 +1429,48 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[test]
+    fn the_grace_follows_the_clients_pauses() {
+        let ms = Duration::from_millis;
+        let max = MAX_PARK_GRACE;
+        assert_eq!(park_grace(None, max), MIN_PARK_GRACE, "one request so far");
+        assert_eq!(park_grace(Some(ms(0)), max), MIN_PARK_GRACE, "back to back");
+        assert_eq!(park_grace(Some(ms(32)), max), ms(64));
+        assert_eq!(park_grace(Some(ms(5_000)), max), max);
+        // Well before a short head timeout fires.
+        let short = max_park_grace(ms(100));
+        assert_eq!(short, ms(50));
+        assert_eq!(park_grace(Some(ms(5_000)), short), short);
+    }
+
+    /// The pause runs from the clean flush to the first bytes of the next
+    /// request and survives the parser's re-attachment in between.
+    #[tokio::test]
+    async fn pauses_are_measured_across_attachments() {
+        let park = ParkState::new();
+        park.idle_from_now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        park.start_connection();
+        park.pause_ended();
+        let pause = park.last_pause().expect("pause");
+        assert!(
+            pause >= Duration::from_millis(30) && pause < Duration::from_secs(10),
+            "{pause:?}"
+        );
+        // More bytes of the same head end no second pause.
+        park.pause_ended();
+        assert_eq!(park.last_pause(), Some(pause));
+    }
+
     #[tokio::test]
     async fn parking_io_reports_end_of_input_only_when_clean_and_idle() {
         let (near, mut far) = tokio::io::duplex(256);
-        let park = Arc::new(ParkState::default());
+        let park = Arc::new(ParkState::new());
         park.start_connection();
         let mut io = ParkingIo {
             inner: Prefixed::new(Bytes::from_static(b"GET"), near),
             park: park.clone(),
-            grace_period: PARK_GRACE,
+            max_grace: MAX_PARK_GRACE,
             grace: None,
         };
         let mut buf = [0u8; 16];
@@ -1389,9 +1493,14 @@ mod tests {
 
         // Flushed and idle: bytes waiting are passed on, ...
         io.flush().await.expect("flush");
+        assert_eq!(park.last_pause(), None, "one request so far");
         far.write_all(b"next").await.expect("client write");
         assert_eq!(io.read(&mut buf).await.expect("read"), 4);
         assert!(!park.parked());
+        assert!(
+            park.last_pause().is_some(),
+            "the pause before it is measured"
+        );
         // ... and they start a request: while the rest of its head is on
         // the way, a read that would block waits for it (no end of input
         // in the middle of a head split across segments), even after the
@@ -1418,7 +1527,7 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.expect("read"), 0);
         assert!(park.parked());
         assert!(
-            flushed.elapsed() >= PARK_GRACE,
+            flushed.elapsed() >= MIN_PARK_GRACE,
             "parked after {:?}, before the grace period ended",
             flushed.elapsed()
         );

@@ -126,7 +126,7 @@ fn get(close: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_outlives_head_timeout_and_reuses_the_upstream() {
     let (up, counts) = counting_upstream(None).await;
-    // Shorter than the parking grace period: the connection must park
+    // Shorter than the longest parking grace: the connection must park
     // before hyper's head timer (which runs while it is attached) fires.
     let options = Options {
         head_timeout: Duration::from_millis(200),
