@@ -227,8 +227,13 @@ pub(crate) struct ServeArgs {
     /// for a pod limited to one CPU. With more, tokio's work-stealing
     /// scheduler spreads connections over them. Default: the CPUs this
     /// process may use (affinity and cgroup CPU quota included).
-    #[arg(long, env = "MESHGATE_WORKERS", value_name = "N")]
-    pub(crate) workers: Option<core::num::NonZeroUsize>,
+    #[arg(
+        long,
+        env = "MESHGATE_WORKERS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub(crate) workers: Option<u16>,
 }
 
 /// `--listen NAME=ADDR`.
@@ -617,6 +622,24 @@ mod tests {
         assert!("127.0.0.1:0".parse::<ListenOverride>().is_err());
         assert!("=127.0.0.1:0".parse::<ListenOverride>().is_err());
         assert!("http=nowhere".parse::<ListenOverride>().is_err());
+    }
+
+    #[test]
+    fn workers_must_be_between_1_and_1024() {
+        let workers = |n: &str| match Cli::try_parse_from(["meshgate", "serve", "--workers", n]) {
+            Ok(Cli {
+                command: Command::Serve(s),
+                ..
+            }) => Ok(s.workers),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(workers("1"), Ok(Some(1)));
+        assert_eq!(workers("1024"), Ok(Some(1024)));
+        for bad in ["0", "1025", "two", ""] {
+            let e = workers(bad).expect_err(bad);
+            assert!(e.contains("--workers"), "{e}");
+        }
     }
 
     #[test]

@@ -63,10 +63,11 @@ pub fn main() -> ExitCode {
 /// scheduler for more. `workers` defaults to the CPUs this process may
 /// use, which `available_parallelism` reads from the affinity mask and
 /// the cgroup CPU quota.
-fn runtime(workers: Option<core::num::NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = workers
-        .or_else(|| std::thread::available_parallelism().ok())
-        .map_or(0, core::num::NonZeroUsize::get);
+fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.map_or_else(
+        || std::thread::available_parallelism().map_or(0, core::num::NonZeroUsize::get),
+        usize::from,
+    );
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -506,9 +506,9 @@ impl Drop for InFlight {
 /// treats as the client closing an idle keep-alive connection. A read that
 /// finds bytes passes them on, so pipelined requests are served as usual.
 ///
-/// The end of input is reported only a grace period ([`park_grace`]) after the connection
-/// became clean, so a client sending its requests back to back keeps its
-/// parser.
+/// The end of input is reported only a grace period ([`park_grace`])
+/// after the connection became clean, so a client sending its requests
+/// back to back or at a steady pace keeps its parser.
 struct ParkingIo<IO> {
     inner: Prefixed<IO>,
     park: Arc<ParkState>,
