@@ -259,9 +259,13 @@ fn status_lists_listeners_and_sigterm_exits_cleanly() {
     let listeners = status["listeners"].as_array().expect("listeners");
     assert_eq!(listeners.len(), 1, "{status}");
     assert_eq!(listeners[0][0], "http");
-    // Without --workers: one per CPU this process may use.
-    let cpus = std::thread::available_parallelism().expect("cpus").get();
-    assert_eq!(status["workers"], cpus, "{status}");
+    // Without --workers: one per CPU this process may use (unless the
+    // whole suite runs with MESHGATE_WORKERS set, which the gateway reads).
+    let expected = std::env::var("MESHGATE_WORKERS").map_or_else(
+        |_| std::thread::available_parallelism().expect("cpus").get(),
+        |w| w.parse().expect("MESHGATE_WORKERS is a number"),
+    );
+    assert_eq!(status["workers"], expected, "{status}");
     assert_eq!(
         listeners[0][1].as_str().expect("addr"),
         format!("{} (http)", gw.http)
