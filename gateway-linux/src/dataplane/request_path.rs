@@ -43,7 +43,14 @@ pub(crate) enum PathError {
 /// The normalized path (what authorization compares) and the origin-form
 /// target with the original query (what the upstream is sent).
 pub(crate) fn origin_form(uri: &Uri) -> Result<(String, Uri), PathError> {
-    let path = normalize(uri.path())?.into_owned();
+    let normalized = normalize(uri.path())?;
+    if matches!(normalized, Cow::Borrowed(_)) && uri.authority().is_none() && uri.scheme().is_none()
+    {
+        // Already an origin-form target with a normal path (the usual
+        // case): forwarded as it came, without building and parsing a copy.
+        return Ok((normalized.into_owned(), uri.clone()));
+    }
+    let path = normalized.into_owned();
     let target = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
@@ -199,9 +206,29 @@ mod tests {
 
     #[test]
     fn origin_form_keeps_the_query() {
-        let uri: Uri = "http://h/a/../b%7e?x=/../y&z=%2F".parse().expect("uri");
-        let (path, target) = origin_form(&uri).expect("ok");
-        assert_eq!(path, "/b~");
-        assert_eq!(target.to_string(), "/b~?x=/../y&z=%2F");
+        for (uri, path, target) in [
+            // Absolute form and a path to normalize: rebuilt.
+            (
+                "http://h/a/../b%7e?x=/../y&z=%2F",
+                "/b~",
+                "/b~?x=/../y&z=%2F",
+            ),
+            // Origin form with a path to normalize: rebuilt.
+            ("/a/./b?q=%2e%2e", "/a/b", "/a/b?q=%2e%2e"),
+            // Absolute form with a normal path: the authority goes.
+            ("http://h:9080/a/b?q", "/a/b", "/a/b?q"),
+            // Origin form with a normal path: forwarded as it came.
+            ("/a/b?q=1&r", "/a/b", "/a/b?q=1&r"),
+            ("/", "/", "/"),
+        ] {
+            let parsed: Uri = uri.parse().expect("uri");
+            let (p, t) = origin_form(&parsed).expect("ok");
+            assert_eq!(
+                (p.as_str(), t.to_string().as_str()),
+                (path, target),
+                "{uri}"
+            );
+            assert!(t.authority().is_none() && t.scheme().is_none(), "{uri}");
+        }
     }
 }

@@ -313,7 +313,13 @@ impl Snapshot {
     pub(crate) fn route(&self, host: &str, listener_port: u16) -> Option<Route> {
         let (name, explicit_port) = split_host_port(host);
         let name = name.strip_suffix('.').unwrap_or(name);
-        let idx = *self.by_host.get(&name.to_ascii_lowercase())?;
+        // Hosts are stored lower-case; a lower-case name (the usual case)
+        // is looked up without a copy.
+        let idx = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            *self.by_host.get(&name.to_ascii_lowercase())?
+        } else {
+            *self.by_host.get(name)?
+        };
         let service = self.services.get(idx)?.clone();
         let ports = &service.spec.ports;
         let find = |n: u16| ports.iter().position(|sp| sp.number == n);
@@ -418,6 +424,38 @@ pub(crate) fn split_host_port(host: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_ignores_case_a_trailing_dot_and_a_known_port() {
+        let svc = crate::dataplane::tests::service(
+            "details.bookinfo.svc.cluster.local",
+            "bookinfo",
+            "details",
+            9080,
+            9080,
+            "127.0.0.1:1".parse().expect("addr"),
+            UpstreamSecurity::Plaintext,
+        );
+        let snap =
+            Snapshot::build(1, vec![svc], crate::dataplane::tests::policies("")).expect("build");
+        for host in [
+            "details.bookinfo.svc.cluster.local",
+            "details.bookinfo.svc.cluster.local:9080",
+            "Details.BookInfo.svc.cluster.LOCAL",
+            "DETAILS.BOOKINFO.SVC.CLUSTER.LOCAL.:9080",
+            "details.bookinfo.svc.cluster.local.",
+        ] {
+            let route = snap.route(host, 9080).unwrap_or_else(|| panic!("{host}"));
+            assert_eq!(route.port().number, 9080, "{host}");
+        }
+        for host in [
+            "details",
+            "details.bookinfo.svc.cluster.localx",
+            "Details.Other",
+        ] {
+            assert!(snap.route(host, 9080).is_none(), "{host}");
+        }
+    }
 
     #[test]
     fn host_port_split() {
