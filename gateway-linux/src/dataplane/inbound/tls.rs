@@ -16,9 +16,10 @@
 //! only rustls' protocol state (keys, the peer's certificates) and the
 //! socket. An HTTP/1 connection that keeps its parser between requests
 //! keeps its buffers too ([`TlsStream::hold_buffers`]) and releases them
-//! when it parks: allocating, zero-filling and freeing them for every
-//! request cost about as much CPU as the record protection itself. The protocol itself stays rustls': record protection, alerts,
-//! close_notify, KeyUpdate and the handshake all happen inside
+//! when it parks, instead of allocating, zero-filling and freeing them for
+//! every request of a busy keep-alive connection. The protocol itself
+//! stays rustls': record protection, alerts, close_notify, KeyUpdate and
+//! the handshake all happen inside
 //! `process_tls_records`; this module only moves bytes.
 //!
 //! Limits: `incoming` never grows past what rustls' own buffered connection
