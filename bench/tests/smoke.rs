@@ -117,14 +117,25 @@ fn tls_endpoint(addr: core::net::SocketAddr, pki: &BenchPki) -> Endpoint {
     }
 }
 
+/// 400 ms of the handshake workload (4 clients; a new client certificate
+/// each time if `fresh`) against a new test server; asserts that it ran
+/// without errors. Returns the server's address too.
+async fn run_handshakes(
+    pki: &BenchPki,
+    fresh: bool,
+) -> (core::net::SocketAddr, loadgen::Counts, Arc<Seen>) {
+    let (addr, seen) = mtls_server(pki).await;
+    let ep = tls_endpoint(addr, pki);
+    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400), fresh).await;
+    assert_eq!(counts.errors, 0, "{:?}", counts.first_error);
+    assert!(counts.ok >= 4, "only {} handshakes", counts.ok);
+    (addr, counts, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_are_full_mtls_and_counted_exactly() {
     let pki = BenchPki::generate().expect("pki");
-    let (addr, seen) = mtls_server(&pki).await;
-    let ep = tls_endpoint(addr, &pki);
-    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400), false).await;
-    assert_eq!(counts.errors, 0, "{:?}", counts.first_error);
-    assert!(counts.ok >= 4, "only {} handshakes", counts.ok);
+    let (_, counts, seen) = run_handshakes(&pki, false).await;
     // Every counted request was a new connection with a verified client
     // certificate carrying the load generator's SPIFFE ID, and the server
     // served exactly as many requests as were counted.
@@ -136,11 +147,7 @@ async fn handshakes_are_full_mtls_and_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_handshakes_present_a_new_certificate_each_time() {
     let pki = BenchPki::generate_with_fresh_clients(40).expect("pki");
-    let (addr, seen) = mtls_server(&pki).await;
-    let ep = tls_endpoint(addr, &pki);
-    let counts = loadgen::handshakes(&ep, 4, Duration::from_millis(400), true).await;
-    assert_eq!(counts.errors, 0, "{:?}", counts.first_error);
-    assert!(counts.ok >= 4, "only {} handshakes", counts.ok);
+    let (addr, counts, seen) = run_handshakes(&pki, true).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Every handshake carried the load generator's SPIFFE ID, and the
     // certificates went round robin: as many distinct ones as handshakes,

@@ -64,18 +64,20 @@ pub fn main() -> ExitCode {
 /// use, which `available_parallelism` reads from the affinity mask and
 /// the cgroup CPU quota.
 fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = workers.map_or_else(
-        || std::thread::available_parallelism().map_or(0, core::num::NonZeroUsize::get),
-        usize::from,
-    );
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if workers > 1 {
-            b.worker_threads(workers);
+    let workers = workers.map(usize::from).or_else(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .map(core::num::NonZeroUsize::get)
+    });
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
         }
-        b
+        // The CPU count is unknown: tokio's own default.
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build()
 }

@@ -440,20 +440,22 @@ impl ParkState {
         }
     }
 
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(NEVER - 1)
+    fn us_at(&self, t: tokio::time::Instant) -> u64 {
+        u64::try_from(t.duration_since(self.epoch).as_micros()).unwrap_or(NEVER - 1)
     }
 
-    /// The connection became clean: its client's pause starts.
-    fn idle_from_now(&self) {
-        self.idle_since_us.store(self.now_us(), Ordering::Relaxed);
+    /// The connection became clean at `now`: its client's pause starts.
+    fn idle_from(&self, now: tokio::time::Instant) {
+        self.idle_since_us.store(self.us_at(now), Ordering::Relaxed);
     }
 
     /// The first bytes of a new request arrived: the pause is over.
     fn pause_ended(&self) {
         let since = self.idle_since_us.swap(NEVER, Ordering::Relaxed);
         if since != NEVER {
-            let pause = self.now_us().saturating_sub(since);
+            let pause = self
+                .us_at(tokio::time::Instant::now())
+                .saturating_sub(since);
             self.last_pause_us.store(pause, Ordering::Relaxed);
         }
     }
@@ -562,9 +564,9 @@ impl<IO> ParkingIo<IO> {
     /// Starts the grace period and registers the task to be woken at its
     /// end, when hyper's next read parks the connection.
     fn start_grace(&mut self, cx: &mut Context<'_>) {
-        self.park.idle_from_now();
-        let grace = park_grace(self.park.last_pause(), self.max_grace);
-        let deadline = tokio::time::Instant::now() + grace;
+        let now = tokio::time::Instant::now();
+        self.park.idle_from(now);
+        let deadline = now + park_grace(self.park.last_pause(), self.max_grace);
         let grace = match self.grace.as_mut() {
             Some(g) => {
                 g.as_mut().reset(deadline);
@@ -1448,7 +1450,7 @@ mod tests {
     #[tokio::test]
     async fn pauses_are_measured_across_attachments() {
         let park = ParkState::new();
-        park.idle_from_now();
+        park.idle_from(tokio::time::Instant::now());
         tokio::time::sleep(Duration::from_millis(30)).await;
         park.start_connection();
         park.pause_ended();
