@@ -127,7 +127,14 @@ impl Writer {
         self.line(indent, "selector:");
         self.line(indent + 1, "matchLabels:");
         for (k, v) in &s.match_labels {
-            self.line(indent + 2, &format!("{}: {}", quote(k), quote(v)));
+            let key = quote(k);
+            if key.len() > MAX_IMPLICIT_KEY {
+                // Too long for an implicit key: the explicit form.
+                self.line(indent + 2, &format!("? {key}"));
+                self.line(indent + 2, &format!(": {}", quote(v)));
+            } else {
+                self.line(indent + 2, &format!("{key}: {}", quote(v)));
+            }
         }
     }
 
@@ -235,6 +242,11 @@ pub(crate) fn format_timestamp(t: UnixTime) -> String {
         // Unreachable for clamped input; the epoch keeps this total.
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
+
+/// YAML 1.2 limits an implicit (`key: value`) key to 1024 characters;
+/// a longer key (a label key of control characters, quoted with escapes,
+/// from the fuzzer) needs the explicit `? key` form to read back.
+const MAX_IMPLICIT_KEY: usize = 1024;
 
 /// The scalar as YAML: plain when unambiguous, else double-quoted.
 pub(crate) fn quote(s: &str) -> String {

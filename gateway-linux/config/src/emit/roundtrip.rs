@@ -59,6 +59,23 @@ fn meta(name: &str, ns: &str, ms: u64) -> ObjectMeta {
     }
 }
 
+/// A label key longer than YAML's 1024-character implicit-key limit once
+/// quoted (found by fuzz/yaml_policy) reads back through the explicit
+/// `? key` form.
+#[test]
+fn a_very_long_label_key_round_trips() {
+    let key = format!("app{}", "\u{1c}".repeat(400));
+    let p = Policy::PeerAuthentication(PeerAuthentication {
+        meta: meta("a", "ns", 0),
+        selector: Some(Selector {
+            match_labels: vec![(key, "v".to_owned())],
+        }),
+        mode: MtlsMode::Strict,
+        port_level_mtls: Vec::new(),
+    });
+    assert_eq!(reparse(&p), p);
+}
+
 #[test]
 fn edge_shapes_round_trip() {
     let cases = vec![
